@@ -1,0 +1,3 @@
+from cartd.cli import main
+
+raise SystemExit(main())

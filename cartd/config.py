@@ -1,0 +1,313 @@
+"""The configuration model: loading, defaults, validation and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+DEFAULT_PATHS = (Path("/etc/cartd/cartd.yaml"), Path("cartd.yaml"))
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line that names the key."""
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as `500ms`, `30s`, `5m`, `2h`, `7d`."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    raise ValueError("must be a duration")
+
+
+def _duration(value: Any) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise ValueError("must be a duration such as 30s, 5m, 2h or 7d") from None
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be a duration > 0")
+    return value
+
+
+PositiveDuration = Annotated[float, BeforeValidator(_duration), AfterValidator(_positive)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DatabaseConfig(Section):
+    dsn: str = ""
+    dsn_file: str = ""
+    min_connections: int = Field(1, ge=0, le=1000)
+    max_connections: int = Field(10, ge=1, le=1000)
+    migrate: bool = True
+
+
+class PollingConfig(Section):
+    enabled: bool = True
+    interval: PositiveDuration = 30.0
+    template_slug: str = Field("ecommerce-abandoned-cart", min_length=1)
+    source_concurrency: int = Field(16, ge=1, le=1024)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_range(cls, value: float) -> float:
+        if not 1 <= value <= 86400:
+            raise ValueError("must be a duration between 1s and 1d")
+        return value
+
+
+class CartsConfig(Section):
+    abandoned_after: Duration = 3600.0
+    max_age: PositiveDuration = 7 * 86400.0
+    min_value: Decimal = Field(Decimal(0), ge=0)
+    require_contact: bool = True
+    require_marketing_consent: bool = False
+    send_recovered: bool = True
+
+    @field_validator("abandoned_after")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be a duration >= 0")
+        return value
+
+
+class MockConfig(Section):
+    carts_per_hour: float = Field(6.0, gt=0, le=3600)
+    recovery_rate: float = Field(0.1, ge=0, le=1)
+
+
+class ShopifyConfig(Section):
+    api: Literal["graphql", "rest"] = "graphql"
+    api_version: str = "2025-10"
+
+
+class WooCommerceConfig(Section):
+    statuses: tuple[str, ...] = ("pending", "failed", "checkout-draft")
+
+
+class PlatformsConfig(Section):
+    default_mode: Literal["mock", "live"] = "mock"
+    mock: MockConfig = MockConfig()
+    shopify: ShopifyConfig = ShopifyConfig()
+    woocommerce: WooCommerceConfig = WooCommerceConfig()
+
+
+class WebhookConfig(Section):
+    url: str = "http://127.0.0.1:8787/webhook"
+    secret: str = Field("", repr=False)
+    secret_file: str = ""
+    extra_secrets: tuple[str, ...] = Field((), repr=False)
+    timeout: PositiveDuration = 15.0
+    concurrency: int = Field(32, ge=1, le=10000)
+    max_carts_per_payload: int = Field(100, ge=1, le=10000)
+    retry_schedule: tuple[Duration, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+    retry_jitter: float = Field(0.2, ge=0, lt=1)
+    breaker_failures: int = Field(10, ge=1)
+    breaker_probe: PositiveDuration = 30.0
+    headers: dict[str, str] = {}
+    allowed_override_hosts: tuple[str, ...] = ()
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        return _check_secret(value)
+
+    @field_validator("extra_secrets")
+    @classmethod
+    def _extra(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_secret(s) for s in value)
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(v < 0 for v in value):
+            raise ValueError("must be a list of durations >= 0")
+        return value
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.secret, *self.extra_secrets) if s)
+
+
+def _check_secret(value: str) -> str:
+    from cartd.signing import decode_secret
+
+    if value:
+        try:
+            decode_secret(value)
+        except ValueError:
+            raise ValueError("must be whsec_ followed by base64") from None
+    return value
+
+
+class ControlConfig(Section):
+    socket: str = "./var/cartd.sock"
+    socket_mode: str = "0660"
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> str:
+        text = f"{value:o}" if isinstance(value, int) and not isinstance(value, bool) else value
+        if not isinstance(text, str) or not re.fullmatch(r"0?[0-7]{3}", text):
+            raise ValueError('must be an octal file mode such as "0660"')
+        return text.zfill(4)
+
+
+class MetricsConfig(Section):
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value and not re.fullmatch(r"\[?[^\s\]]*\]?:\d{1,5}", value):
+            raise ValueError('must be HOST:PORT or ""')
+        return value
+
+
+class LoggingConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console", "auto"] = "auto"
+
+
+class Config(Section):
+    state_dir: str = "./var"
+    database: DatabaseConfig = DatabaseConfig()
+    polling: PollingConfig = PollingConfig()
+    carts: CartsConfig = CartsConfig()
+    platforms: PlatformsConfig = PlatformsConfig()
+    webhook: WebhookConfig = WebhookConfig()
+    retention: PositiveDuration = 7 * 86400.0
+    control: ControlConfig = ControlConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    shutdown_timeout: PositiveDuration = 20.0
+
+
+def _format_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "config"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    message = first["msg"]
+    message = re.sub(r"^Value error, ", "", message)
+    message = message[0].lower() + message[1:] if message else "invalid value"
+    return f"{key}: {message}"
+
+
+def _read_secret_file(path: str, key: str) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{key}: {path} is empty")
+    return value
+
+
+def build(raw: Any, env: dict[str, str] | None = None) -> Config:
+    """Validate a parsed YAML document, apply the environment and secret files."""
+    env = os.environ if env is None else env
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("config: must be a mapping of keys")
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    database, webhook = config.database, config.webhook
+    dsn = database.dsn
+    if database.dsn_file:
+        dsn = _read_secret_file(database.dsn_file, "database.dsn_file")
+    dsn = env.get("CARTD_DATABASE_DSN", dsn)
+    secret, source = webhook.secret, "webhook.secret"
+    if webhook.secret_file:
+        source = "webhook.secret_file"
+        secret = _read_secret_file(webhook.secret_file, source)
+    if "CARTD_WEBHOOK_SECRET" in env:
+        secret, source = env["CARTD_WEBHOOK_SECRET"], "CARTD_WEBHOOK_SECRET"
+    try:
+        _check_secret(secret)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        return config.model_copy(
+            update={
+                "database": DatabaseConfig.model_validate({**database.model_dump(), "dsn": dsn}),
+                "webhook": WebhookConfig.model_validate({**webhook.model_dump(), "secret": secret}),
+            }
+        )
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def resolve_path(explicit: str | None, env: dict[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("CARTD_CONFIG"):
+        return Path(env["CARTD_CONFIG"])
+    for candidate in DEFAULT_PATHS:
+        if candidate.exists():
+            return candidate
+    return DEFAULT_PATHS[-1]
+
+
+def load(path: Path, env: dict[str, str] | None = None, *, missing_ok: bool = True) -> Config:
+    """Read and validate a config file; a missing default file means all defaults."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if missing_ok:
+            return build({}, env)
+        raise ConfigError(f"config: {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config: {path}{where}: {problem}") from None
+    return build(raw, env)

@@ -1,0 +1,77 @@
+"""The webhook body of SPEC §2: built from carts with Decimal money, serialised once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from cartd.sources.model import Cart, iso, quantize
+
+DETECTED = "abandoned_cart.detected"
+RECOVERED = "abandoned_cart.recovered"
+
+
+def new_webhook_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+def _number(value: Any) -> Any:
+    # Quantized Decimals have at most 15 significant digits in practice, so the
+    # float's shortest repr prints exactly the same digits: no precision is lost.
+    if isinstance(value, Decimal):
+        return int(value) if value.as_tuple().exponent >= 0 else float(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, default=_number, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def cart_entry(cart: Cart, event: str, recovered_at: datetime | None) -> dict[str, Any]:
+    entry = cart.to_payload()
+    if event == RECOVERED:
+        entry["recovered_at"] = iso(cart.completed_at or recovered_at or cart.last_activity)
+        if cart.order_id:
+            entry["order_id"] = cart.order_id
+    return entry
+
+
+def analytics(carts: Iterable[Cart], platform: str, currency: str) -> dict[str, Any]:
+    carts = list(carts)
+    total = sum((c.total_value for c in carts), Decimal(0))
+    return {
+        "total_carts": len(carts),
+        "total_value": total,
+        "platform": platform,
+        "currency": currency,
+        "total_items": sum(c.item_count for c in carts),
+        "average_cart_value": quantize(total / len(carts), currency) if carts else Decimal(0),
+    }
+
+
+def build(
+    *,
+    event: str,
+    now: datetime,
+    agent: dict[str, Any],
+    company: dict[str, Any],
+    integration: dict[str, Any],
+    carts: list[Cart],
+) -> bytes:
+    """One webhook body for carts of a single currency."""
+    currency = carts[0].currency
+    return dumps(
+        {
+            "type": event,
+            "timestamp": iso(now),
+            "agent_info": agent,
+            "company": company,
+            "integration": integration,
+            "abandoned_carts": [cart_entry(c, event, now) for c in carts],
+            "recovery_analytics": analytics(carts, integration["platform"], currency),
+        }
+    )

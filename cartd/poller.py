@@ -1,0 +1,290 @@
+"""The cycle of SPEC §1: claim due agents, fetch, filter, dedupe, record the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+
+from cartd import payload
+from cartd.config import Config, parse_duration
+from cartd.sources import Fetched, Integration, IntegrationError, fetch
+from cartd.sources.model import Cart, iso
+from cartd.store import NewDelivery, SourceState, Store
+
+log = structlog.get_logger("cartd.poller")
+
+BATCH = 500
+CURSOR_OVERLAP = timedelta(minutes=5)
+
+
+@dataclass
+class CycleSummary:
+    cycle_id: str
+    started_at: str
+    duration_seconds: float = 0.0
+    agents_found: int = 0
+    integrations_processed: int = 0
+    platforms_processed: int = 0
+    integration_errors: int = 0
+    carts_found: int = 0
+    carts_new: int = 0
+    carts_recovered: int = 0
+    recovery_value: dict[str, Decimal] = field(default_factory=dict)
+    deliveries_enqueued: int = 0
+    platforms: set[str] = field(default_factory=set, repr=False)
+    new_by_platform: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["platforms"], data["new_by_platform"]
+        data["recovery_value"] = {k: float(v) for k, v in sorted(self.recovery_value.items())}
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """The cart filters and destination of one agent (config overridden by its settings)."""
+
+    abandoned_after: timedelta
+    max_age: timedelta
+    min_value: Decimal
+    require_contact: bool
+    require_marketing_consent: bool
+    url: str | None
+    url_error: str | None
+
+    def keeps(self, cart: Cart, now: datetime) -> bool:
+        idle = now - cart.last_activity
+        return (
+            cart.completed_at is None
+            and self.abandoned_after <= idle <= self.max_age
+            and cart.total_value >= self.min_value
+            and (cart.has_contact or not self.require_contact)
+            and (cart.customer.accepts_marketing or not self.require_marketing_consent)
+        )
+
+
+def agent_rules(settings: Any, config: Config) -> Rules:
+    """Apply an agent's `settings` overrides; raises ValueError naming a bad one."""
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise ValueError("settings must be a JSON object")
+    carts = config.carts
+    try:
+        abandoned_after = parse_duration(settings.get("abandoned_after", carts.abandoned_after))
+    except ValueError:
+        raise ValueError("settings.abandoned_after must be a duration") from None
+    try:
+        min_value = Decimal(str(settings.get("min_value", carts.min_value)))
+        if not min_value.is_finite() or min_value < 0:
+            raise ValueError
+    except (ArithmeticError, ValueError):
+        raise ValueError("settings.min_value must be a number >= 0") from None
+    consent = settings.get("require_marketing_consent", carts.require_marketing_consent)
+    if not isinstance(consent, bool):
+        raise ValueError("settings.require_marketing_consent must be true or false")
+    url, url_error = settings.get("webhook_url"), None
+    if url is not None:
+        host = urlsplit(url).hostname if isinstance(url, str) else None
+        if not host or urlsplit(url).scheme not in ("http", "https"):
+            url_error = "settings.webhook_url is not an http(s) URL"
+        elif host not in config.webhook.allowed_override_hosts:
+            url_error = f"settings.webhook_url host {host} is not in webhook.allowed_override_hosts"
+    return Rules(
+        abandoned_after=timedelta(seconds=abandoned_after),
+        max_age=timedelta(seconds=carts.max_age),
+        min_value=min_value,
+        require_contact=carts.require_contact,
+        require_marketing_consent=consent,
+        url=url if isinstance(url, str) else None,
+        url_error=url_error,
+    )
+
+
+@dataclass
+class _Job:
+    """One integration of one claimed agent, through the cycle."""
+
+    agent: Any
+    rules: Rules
+    integration: Integration
+    state: SourceState
+    fetched: Fetched | None = None
+    keep: list[Cart] = field(default_factory=list)
+    completed: list[Cart] = field(default_factory=list)
+
+
+class Poller:
+    def __init__(
+        self,
+        store: Store,
+        config: Callable[[], Config],
+        *,
+        instance_id: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_enqueued: Callable[[list[NewDelivery]], None] = lambda _: None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.instance_id = instance_id
+        self.clock = clock
+        self.on_enqueued = on_enqueued
+
+    async def run_cycle(self, *, force: bool = False, now: datetime | None = None
+                        ) -> tuple[CycleSummary, list[str]]:
+        """Poll every due agent (every matching agent when `force`); returns the summary
+        and the ids of the deliveries it enqueued."""
+        config = self.config()
+        now = now or self.clock()
+        started = time.monotonic()
+        summary = CycleSummary(cycle_id=uuid.uuid4().hex[:12], started_at=iso(now))
+        interval = timedelta(seconds=config.polling.interval)
+        lease = max(interval, timedelta(seconds=60)) + timedelta(seconds=config.webhook.timeout)
+        delivery_ids: list[str] = []
+        await self.store.register_agents(config.polling.template_slug)
+        while True:
+            agents = await self.store.claim_agents(
+                slug=config.polling.template_slug, instance=self.instance_id, now=now,
+                interval=interval, lease=lease, limit=BATCH, force=force,
+            )
+            if not agents:
+                break
+            enqueued = await self._batch(agents, config, now, summary)
+            delivery_ids += [d.id for d in enqueued if d.status == "pending"]
+            self.on_enqueued(enqueued)
+        summary.platforms_processed = len(summary.platforms)
+        summary.duration_seconds = round(time.monotonic() - started, 3)
+        return summary, delivery_ids
+
+    async def _batch(self, agents: list[Any], config: Config, now: datetime,
+                     summary: CycleSummary) -> list[NewDelivery]:
+        summary.agents_found += len(agents)
+        jobs: list[_Job] = []
+        candidates: list[tuple[Any, Rules, Integration]] = []
+        for agent in agents:
+            try:
+                rules = agent_rules(agent.settings, config)
+            except ValueError as exc:
+                summary.integration_errors += len(agent.integrations)
+                log.warning("agent_skipped", agent_id=str(agent.id), error=str(exc))
+                continue
+            for row in agent.integrations:
+                try:
+                    candidates.append((agent, rules, Integration.from_row(row, config)))
+                except IntegrationError as exc:
+                    self._failed(summary, row.get("platform"), agent, row.get("id"), exc)
+        states = await self.store.source_states([i.id for _, _, i in candidates])
+        jobs = [_Job(a, r, i, states.get(i.id, SourceState(None, None))) for a, r, i in candidates]
+        limit = asyncio.Semaphore(config.polling.source_concurrency)
+        await asyncio.gather(*(self._fetch(job, config, now, limit, summary) for job in jobs))
+        done = [j for j in jobs if j.fetched is not None]
+        for job in done:
+            platform = job.integration.platform
+            summary.integrations_processed += 1
+            summary.platforms.add(platform)
+            job.keep = [c for c in job.fetched.carts if job.rules.keeps(c, now)]
+            summary.carts_found += len(job.keep)
+            if config.carts.send_recovered:
+                job.completed = [c for c in job.fetched.carts if c.completed_at is not None]
+
+        def build(new: set[tuple[Any, str]], recovered: set[tuple[Any, str]]) -> list[NewDelivery]:
+            out: list[NewDelivery] = []
+            for job in done:
+                iid = job.integration.id
+                fresh = [c for c in job.keep if (iid, c.cart_id) in new]
+                back = [c for c in job.completed if (iid, c.cart_id) in recovered]
+                self._count(summary, job, fresh, back)
+                out += self._deliveries(job, config, now, payload.DETECTED, fresh)
+                out += self._deliveries(job, config, now, payload.RECOVERED, back)
+            return out
+
+        enqueued = await self.store.record(
+            now=now,
+            detected=[(j.integration.id, c.cart_id) for j in done for c in j.keep],
+            completed=[(j.integration.id, c.cart_id) for j in done for c in j.completed],
+            build=build,
+            sources=[(j.integration.id, self._next_cursor(j, now), j.fetched.mock_epoch)
+                     for j in done],
+            agents=[a.id for a in agents],
+            instance=self.instance_id,
+        )
+        summary.deliveries_enqueued += sum(1 for d in enqueued if d.status == "pending")
+        return enqueued
+
+    async def _fetch(self, job: _Job, config: Config, now: datetime,
+                     limit: asyncio.Semaphore, summary: CycleSummary) -> None:
+        since = job.state.cursor - CURSOR_OVERLAP if job.state.cursor else None
+        try:
+            async with limit:
+                job.fetched = await fetch(job.integration, config=config, since=since,
+                                          mock_epoch=job.state.mock_epoch, now=now)
+        except IntegrationError as exc:
+            self._failed(summary, job.integration.platform, job.agent, job.integration.id, exc)
+            return
+        if job.fetched.malformed:
+            log.warning("malformed_records_skipped", integration_id=str(job.integration.id),
+                        platform=job.integration.platform, count=job.fetched.malformed)
+
+    @staticmethod
+    def _next_cursor(job: _Job, now: datetime) -> datetime:
+        """Carts not yet idle long enough must be read again next time."""
+        return now - job.rules.abandoned_after
+
+    @staticmethod
+    def _failed(summary: CycleSummary, platform: Any, agent: Any, integration_id: Any,
+                exc: Exception) -> None:
+        summary.integration_errors += 1
+        log.warning("integration_failed", agent_id=str(agent.id), platform=str(platform),
+                    integration_id=str(integration_id), error=str(exc))
+
+    @staticmethod
+    def _count(summary: CycleSummary, job: _Job, fresh: list[Cart], back: list[Cart]) -> None:
+        platform = job.integration.platform
+        summary.carts_new += len(fresh)
+        summary.carts_recovered += len(back)
+        summary.new_by_platform[platform] = summary.new_by_platform.get(platform, 0) + len(fresh)
+        for cart in fresh:
+            summary.recovery_value[cart.currency] = (
+                summary.recovery_value.get(cart.currency, Decimal(0)) + cart.total_value
+            )
+
+    @staticmethod
+    def _deliveries(job: _Job, config: Config, now: datetime, event: str,
+                    carts: list[Cart]) -> list[NewDelivery]:
+        if not carts:
+            return []
+        agent, integration = job.agent, job.integration
+        agent_info = {"id": str(agent.id), "name": agent.name, "company": agent.company["name"],
+                      "company_id": agent.company["id"], "template_slug": agent.template_slug}
+        integration_info = {"id": str(integration.id), "platform": integration.platform,
+                            "mode": integration.mode}
+        by_currency: dict[str, list[Cart]] = defaultdict(list)
+        for cart in carts:
+            by_currency[cart.currency].append(cart)
+        size = config.webhook.max_carts_per_payload
+        out = []
+        for group in by_currency.values():
+            for start in range(0, len(group), size):
+                chunk = group[start:start + size]
+                out.append(NewDelivery(
+                    id=payload.new_webhook_id(), type=event, agent_id=agent.id,
+                    integration_id=integration.id, platform=integration.platform,
+                    url=job.rules.url, carts=len(chunk),
+                    body=payload.build(event=event, now=now, agent=agent_info,
+                                       company=agent.company, integration=integration_info,
+                                       carts=chunk),
+                    status="dead" if job.rules.url_error else "pending",
+                    last_error=job.rules.url_error,
+                ))
+        return out

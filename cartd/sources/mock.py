@@ -1,0 +1,376 @@
+"""Deterministic mock stores that emit each platform's native records.
+
+Time is cut into slots of `3600 / carts_per_hour` seconds on a fixed grid (Unix time 0),
+and at most one cart is born in each slot. Everything about slot k comes from a hash of
+`{integration_id}:{k}`, so a store polled again returns the same carts, with the same ids
+and contents, plus the carts born since; the grid does not move when `epoch` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+from faker import Faker
+
+from cartd.config import MockConfig
+from cartd.sources import custom, shopify, woocommerce
+from cartd.sources.model import Cart, MalformedRecord
+
+MAX_AGE = 8 * 86400  # carts idle longer than this are never generated
+_IDLE = (60, 1800)  # last activity: 1 to 30 minutes after creation
+_RECOVERY = (600, 43200)  # completion: 10 minutes to 12 hours after the last activity
+_DISCOUNT_PERCENT = 15  # share of Shopify carts with a 10 % discount
+_WORDS = struct.Struct("<16I")
+
+
+class _Person(NamedTuple):
+    number: int
+    first: str
+    last: str
+    email: str | None
+    phone: str | None
+    accepts_marketing: bool
+
+
+class _Product(NamedTuple):
+    product_id: int
+    variant_id: int
+    sku: str
+    title: str
+    variant_title: str | None
+    cents: int
+    price: str  # "19.99"
+    number: float  # 19.99, as a JSON number
+
+
+class _Store(NamedTuple):
+    seed: Any  # a blake2b hash of the integration id, copied per slot
+    tag: str
+    currency: str
+    host: str
+
+
+class _Slot(NamedTuple):
+    k: int
+    cart_id: str
+    token: str
+    created: int
+    last: int
+    completed: int | None  # set once the completion has happened
+    person: _Person
+    lines: list[tuple[_Product, int]]
+    discount: bool
+    status: str
+
+
+def _pools(seed: int) -> tuple[tuple[_Person, ...], tuple[_Product, ...], tuple[str, ...]]:
+    """Customers, products and shop names, drawn once from a seeded Faker."""
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    draw = fake.random
+    firsts = [fake.first_name() for _ in range(400)]
+    lasts = [fake.last_name() for _ in range(400)]
+    domains = ("example.com", "example.net", "example.org")
+    people = []
+    for number in range(5000):
+        first, last = draw.choice(firsts), draw.choice(lasts)
+        contact = draw.random()
+        email = f"{_ascii(first)}.{_ascii(last)}{number}@{draw.choice(domains)}"
+        people.append(
+            _Person(
+                number=number,
+                first=first,
+                last=last,
+                email=email if contact < 0.85 else None,
+                phone=f"+1555{draw.randrange(10**7):07d}" if 0.6 < contact < 0.95 else None,
+                accepts_marketing=draw.random() < 0.5,
+            )
+        )
+    nouns = ("T-Shirt", "Hoodie", "Mug", "Backpack", "Cap", "Sneakers", "Notebook",
+             "Water Bottle", "Scarf", "Lamp", "Candle", "Tote Bag", "Socks", "Jacket")
+    sizes = (None, None, "S", "M", "L", "XL", "Small", "Large")
+    products = []
+    for number in range(300):
+        cents = draw.randrange(299, 20000)
+        products.append(
+            _Product(
+                product_id=8_000_000_000 + number,
+                variant_id=45_000_000_000 + number,
+                sku=fake.bothify("??-#####").upper(),
+                title=f"{fake.color_name()} {draw.choice(nouns)}",
+                variant_title=draw.choice(sizes),
+                cents=cents,
+                price=_price(cents),
+                number=cents / 100,
+            )
+        )
+    shops = tuple(re.sub(r"[^a-z0-9]+", "-", fake.company().lower()).strip("-") for _ in range(200))
+    return tuple(people), tuple(products), shops
+
+
+def _ascii(name: str) -> str:
+    return re.sub(r"[^a-z]", "", name.lower())
+
+
+def _price(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+_PEOPLE, _PRODUCTS, _SHOPS = _pools(20261123)
+
+
+@lru_cache(maxsize=4096)
+def _store(integration_id: str) -> _Store:
+    digest = hashlib.blake2b(integration_id.encode()).digest()
+    tag = digest[:4].hex()
+    currency = "USD" if digest[4] < 180 else ("EUR", "GBP")[digest[5] % 2]
+    host = f"{_SHOPS[digest[6] % len(_SHOPS)]}-{tag[:4]}.example.com"
+    return _Store(hashlib.blake2b(f"{integration_id}:".encode()), tag, currency, host)
+
+
+def _slots(
+    store: _Store, epoch: float, since: float | None, now: float, mock: MockConfig
+) -> Iterator[_Slot]:
+    """The slots whose cart is visible at `now` and was updated after `since`."""
+    width = 3600 / mock.carts_per_hour
+    oldest = max(epoch, now - MAX_AGE - _IDLE[1])
+    if since is not None:
+        oldest = max(oldest, since - _IDLE[1] - _RECOVERY[1])
+    recovered = int(mock.recovery_rate * 2**32)
+    products = len(_PRODUCTS)
+    for k in range(int(oldest // width), int(now // width) + 1):
+        hasher = store.seed.copy()
+        hasher.update(str(k).encode())
+        digest = hasher.digest()
+        words = _WORDS.unpack(digest)
+        created = int(k * width + words[0] / 2**32 * width)
+        last = created + _IDLE[0] + words[1] % (_IDLE[1] - _IDLE[0] + 1)
+        if created < epoch or last > now or last < now - MAX_AGE:
+            continue
+        completed = None
+        if words[2] < recovered:
+            completed = last + _RECOVERY[0] + words[3] % (_RECOVERY[1] - _RECOVERY[0] + 1)
+            if completed > now:
+                completed = None
+        if since is not None and (completed or last) <= since:
+            continue
+        shape = words[5]
+        yield _Slot(
+            k=k,
+            cart_id=f"mock_{store.tag}_{k}",
+            token=digest[40:56].hex(),
+            created=created,
+            last=last,
+            completed=completed,
+            person=_PEOPLE[words[4] % len(_PEOPLE)],
+            lines=[(_PRODUCTS[w % products], 1 + (w >> 16) % 3) for w in words[6 : 7 + shape % 4]],
+            discount=(shape >> 8) % 100 < _DISCOUNT_PERCENT,
+            status=("pending", "failed", "checkout-draft")[(shape >> 16) % 3],
+        )
+
+
+def _z(moment: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+
+def _gmt(moment: int) -> str:
+    """WooCommerce's `*_gmt` dates: UTC without a zone suffix."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(moment))
+
+
+def _shopify(store: _Store, slot: _Slot) -> dict[str, Any]:
+    person, currency = slot.person, store.currency
+    cents = sum(product.cents * quantity for product, quantity in slot.lines)
+    if slot.discount:
+        cents -= cents // 10
+    customer = None
+    if person.email or person.phone:
+        state = "SUBSCRIBED" if person.accepts_marketing else "NOT_SUBSCRIBED"
+        customer = {
+            "id": f"gid://shopify/Customer/{7_000_000_000 + person.number}",
+            "email": person.email,
+            "firstName": person.first,
+            "lastName": person.last,
+            "phone": person.phone,
+            "emailMarketingConsent": {"marketingState": state} if person.email else None,
+        }
+    return {
+        "id": f"gid://shopify/AbandonedCheckout/{slot.cart_id}",
+        "name": f"#{slot.k}",
+        "abandonedCheckoutUrl": f"https://{store.host}/checkouts/ac/{slot.token}/recover",
+        "createdAt": _z(slot.created),
+        "updatedAt": _z(slot.completed or slot.last),
+        "completedAt": None if slot.completed is None else _z(slot.completed),
+        "customer": customer,
+        "totalPriceSet": {"shopMoney": {"amount": _price(cents), "currencyCode": currency}},
+        "lineItems": {
+            "nodes": [
+                {
+                    "title": product.title,
+                    "variantTitle": product.variant_title,
+                    "sku": product.sku,
+                    "quantity": quantity,
+                    "variant": {"id": f"gid://shopify/ProductVariant/{product.variant_id}"},
+                    "product": {"id": f"gid://shopify/Product/{product.product_id}"},
+                    "originalUnitPriceSet": {
+                        "shopMoney": {"amount": product.price, "currencyCode": currency}
+                    },
+                }
+                for product, quantity in slot.lines
+            ]
+        },
+    }
+
+
+def _woocommerce(store: _Store, slot: _Slot) -> dict[str, Any]:
+    person = slot.person
+    cents = sum(product.cents * quantity for product, quantity in slot.lines)
+    paid = None if slot.completed is None else _gmt(slot.completed)
+    return {
+        "id": slot.cart_id,
+        "number": slot.cart_id,
+        "status": slot.status if slot.completed is None else "processing",
+        "currency": store.currency,
+        "date_created_gmt": _gmt(slot.created),
+        "date_modified_gmt": paid or _gmt(slot.last),
+        "date_paid_gmt": paid,
+        "date_completed_gmt": None,
+        "total": _price(cents),
+        "customer_id": 1000 + person.number if person.email else 0,
+        "billing": {
+            "first_name": person.first,
+            "last_name": person.last,
+            "email": person.email or "",
+            "phone": person.phone or "",
+        },
+        "line_items": [
+            {
+                "id": index,
+                "name": product.title,
+                "product_id": product.product_id,
+                "variation_id": product.variant_id if product.variant_title else 0,
+                "quantity": quantity,
+                "subtotal": _price(product.cents * quantity),
+                "total": _price(product.cents * quantity),
+                "sku": product.sku,
+                "price": product.number,
+            }
+            for index, (product, quantity) in enumerate(slot.lines, 1)
+        ],
+        "meta_data": [
+            {"key": "_cartd_marketing_consent", "value": "yes" if person.accepts_marketing else "no"}
+        ],
+        "payment_url": (
+            f"https://{store.host}/checkout/order-pay/{slot.k}/"
+            f"?pay_for_order=true&key=wc_order_{slot.token[:13]}"
+        ),
+    }
+
+
+def _custom(store: _Store, slot: _Slot) -> dict[str, Any]:
+    person = slot.person
+    cents = sum(product.cents * quantity for product, quantity in slot.lines)
+    record: dict[str, Any] = {
+        "cart_id": slot.cart_id,
+        "customer": {
+            "id": f"mock_customer_{person.number}",
+            "email": person.email,
+            "first_name": person.first,
+            "last_name": person.last,
+            "phone": person.phone,
+            "accepts_marketing": person.accepts_marketing,
+        },
+        "items": [
+            {
+                "product_id": str(product.product_id),
+                "variant_id": str(product.variant_id),
+                "sku": product.sku,
+                "title": product.title,
+                "quantity": quantity,
+                "unit_price": product.number,
+                "line_total": product.cents * quantity / 100,
+            }
+            for product, quantity in slot.lines
+        ],
+        "currency": store.currency,
+        "total_value": cents / 100,
+        "created_at": _z(slot.created),
+        "abandoned_at": _z(slot.last),
+        "recovery_url": f"https://{store.host}/cart/recover/{slot.token}",
+    }
+    if slot.completed is not None:
+        record["completed_at"] = _z(slot.completed)
+        record["order_id"] = f"mock_order_{slot.k}"
+    return record
+
+
+_Platform = tuple[Callable[[_Store, _Slot], dict[str, Any]], Callable[[Any], Cart]]
+_PLATFORMS: dict[str, _Platform] = {
+    "shopify": (_shopify, shopify.normalise_graphql),
+    "woocommerce": (_woocommerce, woocommerce.normalise),
+    "custom": (_custom, custom.normalise),
+}
+
+
+def _platform(platform: str) -> _Platform:
+    """The record renderer and normaliser of a platform."""
+    if platform not in _PLATFORMS:
+        raise ValueError(f"no mock store for platform {platform!r}")
+    return _PLATFORMS[platform]
+
+
+def _records(
+    render: Callable[[_Store, _Slot], dict[str, Any]],
+    integration_id: str,
+    epoch: datetime,
+    since: datetime | None,
+    now: datetime,
+    mock: MockConfig,
+) -> Iterator[dict[str, Any]]:
+    store = _store(integration_id)
+    moment = None if since is None else since.timestamp()
+    for slot in _slots(store, epoch.timestamp(), moment, now.timestamp(), mock):
+        yield render(store, slot)
+
+
+def mock_records(
+    platform: str,
+    integration_id: str,
+    epoch: datetime,
+    since: datetime | None,
+    now: datetime,
+    mock: MockConfig,
+) -> list[dict[str, Any]]:
+    """The store's native records visible at `now` and updated after `since` (aware datetimes).
+
+    `epoch` is when the store opened: no cart is older. Carts idle for more than 8 days
+    are left out.
+    """
+    return list(_records(_platform(platform)[0], integration_id, epoch, since, now, mock))
+
+
+def mock_carts(
+    platform: str,
+    integration_id: str,
+    epoch: datetime,
+    since: datetime | None,
+    now: datetime,
+    mock: MockConfig,
+) -> tuple[list[Cart], int]:
+    """`mock_records` through the platform's normaliser: (carts, malformed record count)."""
+    render, normalise = _platform(platform)
+    carts: list[Cart] = []
+    malformed = 0
+    for record in _records(render, integration_id, epoch, since, now, mock):
+        try:
+            carts.append(normalise(record))
+        except MalformedRecord:
+            malformed += 1
+    return carts, malformed

@@ -1,0 +1,139 @@
+"""Shopify abandoned checkouts (GraphQL `abandonedCheckouts` nodes and REST `checkouts.json`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cartd.sources.custom import (
+    currency,
+    identifier,
+    line_items,
+    mapping,
+    optional_time,
+    quantity,
+    text,
+    title,
+)
+from cartd.sources.model import Cart, Customer, Item, MalformedRecord, money, timestamp
+
+
+def _gid(value: Any) -> str | None:
+    """The plain id of `gid://shopify/Type/123` (REST already sends the plain id)."""
+    ident = identifier(value)
+    if ident is None:
+        return None
+    return ident.rsplit("/", 1)[-1] or None
+
+
+def _node_gid(value: Any) -> str | None:
+    """The plain id of a `{id}` reference such as `variant{id}`, or None when it is null."""
+    return None if value is None else _gid(mapping(value, "reference").get("id"))
+
+
+def _cart_id(value: Any) -> str:
+    ident = _gid(value)
+    if ident is None:
+        raise MalformedRecord("checkout id is missing")
+    return ident
+
+
+def _title(name: Any, variant: Any) -> str:
+    variant_title = text(variant)
+    if variant_title is None or variant_title == "Default Title":
+        return title(name)
+    return f"{title(name)} - {variant_title}"
+
+
+# Customer field names: first name, last name, consent object, consent state.
+_GRAPHQL_KEYS = ("firstName", "lastName", "emailMarketingConsent", "marketingState")
+_REST_KEYS = ("first_name", "last_name", "email_marketing_consent", "state")
+
+
+def _customer(value: Any, checkout: dict[str, Any], keys: tuple[str, ...]) -> Customer:
+    first, last, consent, state = keys
+    raw = {} if value is None else mapping(value, "customer")
+    marketing = raw.get(consent)
+    state_value = None if marketing is None else mapping(marketing, consent).get(state)
+    return Customer(
+        id=_gid(raw.get("id")),
+        email=text(raw.get("email")) or text(checkout.get("email")),
+        first_name=text(raw.get(first)),
+        last_name=text(raw.get(last)),
+        phone=text(raw.get("phone")) or text(checkout.get("phone")),
+        accepts_marketing=isinstance(state_value, str) and state_value.lower() == "subscribed",
+    )
+
+
+def _shop_money(value: Any, what: str) -> dict[str, Any]:
+    return mapping(mapping(value, what).get("shopMoney"), what)
+
+
+def _graphql_item(value: Any, cart_currency: str) -> Item:
+    line = mapping(value, "line item")
+    price = _shop_money(line.get("originalUnitPriceSet"), "line price")
+    if price.get("currencyCode") is not None and currency(price["currencyCode"]) != cart_currency:
+        raise MalformedRecord("line currency differs from the cart currency")
+    return Item(
+        product_id=_node_gid(line.get("product")),
+        variant_id=_node_gid(line.get("variant")),
+        sku=text(line.get("sku")),
+        title=_title(line.get("title"), line.get("variantTitle")),
+        quantity=quantity(line.get("quantity")),
+        unit_price=money(price.get("amount"), "line price"),
+    )
+
+
+def normalise_graphql(node: Any) -> Cart:
+    """A Cart from one GraphQL `abandonedCheckouts` node."""
+    raw = mapping(node, "checkout")
+    cart_id = _cart_id(raw.get("id"))
+    total = _shop_money(raw.get("totalPriceSet"), "totalPriceSet")
+    cart_currency = currency(total.get("currencyCode"))
+    lines = raw.get("lineItems")
+    nodes = None if lines is None else mapping(lines, "lineItems").get("nodes")
+    created_at = timestamp(raw.get("createdAt"), "createdAt")
+    updated = raw.get("updatedAt")
+    return Cart(
+        cart_id=cart_id,
+        customer=_customer(raw.get("customer"), raw, _GRAPHQL_KEYS),
+        items=tuple(_graphql_item(line, cart_currency) for line in line_items(nodes)),
+        currency=cart_currency,
+        created_at=created_at,
+        last_activity=created_at if updated is None else timestamp(updated, "updatedAt"),
+        recovery_url=text(raw.get("abandonedCheckoutUrl")),
+        stated_total=money(total.get("amount"), "totalPriceSet"),
+        completed_at=optional_time(raw.get("completedAt"), "completedAt"),
+    )
+
+
+def _rest_item(value: Any) -> Item:
+    line = mapping(value, "line item")
+    return Item(
+        product_id=identifier(line.get("product_id")),
+        variant_id=identifier(line.get("variant_id")),
+        sku=text(line.get("sku")),
+        title=_title(line.get("title"), line.get("variant_title")),
+        quantity=quantity(line.get("quantity")),
+        unit_price=money(line.get("price"), "line price"),
+    )
+
+
+def normalise_rest(checkout: Any) -> Cart:
+    """A Cart from one REST `checkouts.json` element."""
+    raw = mapping(checkout, "checkout")
+    cart_id = _cart_id(raw.get("id"))
+    created_at = timestamp(raw.get("created_at"), "created_at")
+    updated = raw.get("updated_at")
+    total = raw.get("total_price")
+    return Cart(
+        cart_id=cart_id,
+        customer=_customer(raw.get("customer"), raw, _REST_KEYS),
+        items=tuple(_rest_item(line) for line in line_items(raw.get("line_items"))),
+        currency=currency(raw.get("currency") or raw.get("presentment_currency")),
+        created_at=created_at,
+        last_activity=created_at if updated is None else timestamp(updated, "updated_at"),
+        recovery_url=text(raw.get("abandoned_checkout_url")),
+        stated_total=None if total is None else money(total, "total_price"),
+        completed_at=optional_time(raw.get("completed_at"), "completed_at"),
+        order_id=identifier(raw.get("order_id")),
+    )

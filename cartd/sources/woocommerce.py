@@ -1,0 +1,106 @@
+"""WooCommerce orders (`wc/v3/orders`): pending, failed and draft orders are the abandoned carts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from cartd.sources.custom import (
+    currency,
+    flag,
+    identifier,
+    line_items,
+    mapping,
+    quantity,
+    required_id,
+    text,
+    title,
+)
+from cartd.sources.model import Cart, Customer, Item, money, timestamp
+
+# Statuses of an order that was placed: its cart is recovered, not abandoned.
+COMPLETED_STATUSES = frozenset({"processing", "completed", "on-hold"})
+
+_CONSENT_KEYS = frozenset({"_cartd_marketing_consent", "marketing_consent"})
+
+
+def _unit_price(line: dict[str, Any], count: int) -> Decimal:
+    """`subtotal / quantity` when that division is exact, else the line's float `price` via str."""
+    subtotal = line.get("subtotal")
+    if subtotal is not None:
+        amount = money(subtotal, "line subtotal")
+        unit = amount / count
+        if unit * count == amount or line.get("price") is None:
+            return unit
+    return money(line.get("price"), "line price")
+
+
+def _item(value: Any) -> Item:
+    line = mapping(value, "line item")
+    count = quantity(line.get("quantity"))
+    return Item(
+        product_id=_ref(line.get("product_id")),
+        variant_id=_ref(line.get("variation_id")),
+        sku=text(line.get("sku")),
+        title=title(line.get("name")),
+        quantity=count,
+        unit_price=_unit_price(line, count),
+    )
+
+
+def _ref(value: Any) -> str | None:
+    """An id, where WooCommerce's 0 means none (guest customer, simple product)."""
+    ident = identifier(value)
+    return None if ident == "0" else ident
+
+
+def _accepts_marketing(meta: Any) -> bool:
+    if not isinstance(meta, list):
+        return False
+    return any(
+        isinstance(entry, dict) and entry.get("key") in _CONSENT_KEYS and flag(entry.get("value"))
+        for entry in meta
+    )
+
+
+def _customer(order: dict[str, Any]) -> Customer:
+    billing = order.get("billing")
+    raw = {} if billing is None else mapping(billing, "billing")
+    return Customer(
+        id=_ref(order.get("customer_id")),
+        email=text(raw.get("email")),
+        first_name=text(raw.get("first_name")),
+        last_name=text(raw.get("last_name")),
+        phone=text(raw.get("phone")),
+        accepts_marketing=_accepts_marketing(order.get("meta_data")),
+    )
+
+
+def _completed_at(order: dict[str, Any], modified: datetime) -> datetime:
+    """When the order was paid or completed; its last change when WooCommerce does not say."""
+    placed = order.get("date_paid_gmt") or order.get("date_completed_gmt")
+    return modified if placed is None else timestamp(placed, "date_paid_gmt")
+
+
+def normalise(order: Any) -> Cart:
+    """A Cart from one `wc/v3/orders` element; a placed order carries its completion."""
+    raw = mapping(order, "order")
+    cart_id = required_id(raw.get("id"), "order id")
+    created_at = timestamp(raw.get("date_created_gmt"), "date_created_gmt")
+    modified = raw.get("date_modified_gmt")
+    last_activity = created_at if modified is None else timestamp(modified, "date_modified_gmt")
+    completed = raw.get("status") in COMPLETED_STATUSES
+    total = raw.get("total")
+    return Cart(
+        cart_id=cart_id,
+        customer=_customer(raw),
+        items=tuple(_item(line) for line in line_items(raw.get("line_items"))),
+        currency=currency(raw.get("currency")),
+        created_at=created_at,
+        last_activity=last_activity,
+        recovery_url=text(raw.get("payment_url")),
+        stated_total=None if total is None else money(total, "total"),
+        completed_at=_completed_at(raw, last_activity) if completed else None,
+        order_id=(identifier(raw.get("number")) or cart_id) if completed else None,
+    )

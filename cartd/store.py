@@ -1,0 +1,392 @@
+"""All of cartd's SQL: migrations, agent claims, the outbox, delivery state."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+MIGRATION_LOCK = 0x63617274  # "cart": serialises concurrent `cartd migrate` runs
+
+# What a database that is down, restarting or unreachable raises.
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentWork:
+    """A claimed agent with its company and active integrations."""
+
+    id: UUID
+    name: str
+    template_slug: str
+    settings: Any
+    company: dict[str, Any]
+    integrations: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    cursor: datetime | None
+    mock_epoch: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    id: str
+    type: str
+    agent_id: UUID
+    integration_id: UUID
+    platform: str
+    url: str | None
+    body: bytes
+    carts: int
+    status: str = "pending"
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: str
+    url: str | None
+    body: bytes
+    attempts: int
+    platform: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt did to a delivery."""
+
+    id: str
+    status: str  # pending (retry), delivered or dead
+    http_status: int | None
+    error: str | None
+    next_attempt_at: datetime | None
+    at: datetime
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+_CLAIM_AGENTS = """
+WITH due AS (
+    SELECT p.agent_id
+    FROM cartd.agent_polls p
+    JOIN company_agents a ON a.id = p.agent_id
+    WHERE a.is_active AND a.template_slug = $1
+      AND (p.next_poll_at <= $3 OR $6)
+      AND (p.lease_until IS NULL OR p.lease_until < $3)
+      AND (p.claimed_at IS NULL OR p.claimed_at < $3)
+    ORDER BY p.next_poll_at
+    LIMIT $7
+    FOR UPDATE OF p SKIP LOCKED
+), claimed AS (
+    UPDATE cartd.agent_polls p
+    SET claimed_by = $2, claimed_at = $3, lease_until = $4, next_poll_at = $5
+    FROM due WHERE p.agent_id = due.agent_id
+    RETURNING p.agent_id
+)
+SELECT a.id, a.name, a.template_slug, a.settings,
+       c.id AS company_id, c.name AS company_name, c.website, c.email, c.phone,
+       COALESCE(
+         jsonb_agg(jsonb_build_object('id', i.id, 'platform', i.platform, 'config', i.config)
+                   ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL),
+         '[]'::jsonb) AS integrations
+FROM claimed
+JOIN company_agents a ON a.id = claimed.agent_id
+JOIN companies c ON c.id = a.company_id
+LEFT JOIN agent_integrations i ON i.agent_id = a.id AND i.is_active
+GROUP BY a.id, c.id
+"""
+
+_DELIVERY_COLUMNS = """id, status, agent_id, integration_id, type, carts, attempts, last_status,
+       last_error, next_attempt_at, created_at, delivered_at"""
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10) -> Store:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min(min_size, max_size), max_size=max_size, init=_init_connection,
+            command_timeout=60,
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def ping(self) -> None:
+        await self.pool.fetchval("SELECT 1")
+
+    # --- migrations -------------------------------------------------------
+
+    async def migrate(self, *, app_tables: bool = False) -> list[str]:
+        """Apply pending migrations under an advisory lock; returns what was applied."""
+        folder = resources.files("cartd") / "migrations"
+        names = sorted(p.name for p in folder.iterdir() if p.name[:3].isdigit())
+        applied_now = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            if app_tables:
+                await conn.execute((folder / "app_tables.sql").read_text())
+            await conn.execute(
+                "CREATE SCHEMA IF NOT EXISTS cartd;"
+                "CREATE TABLE IF NOT EXISTS cartd.schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["name"] for r in await conn.fetch("SELECT name FROM cartd.schema_migrations")}
+            for name in names:
+                if name not in done:
+                    await conn.execute((folder / name).read_text())
+                    await conn.execute("INSERT INTO cartd.schema_migrations (name) VALUES ($1)", name)
+                    applied_now.append(name)
+        return applied_now
+
+    # --- agents -----------------------------------------------------------
+
+    async def register_agents(self, slug: str) -> None:
+        """Give every matching agent a poll row (once per cycle, before claiming)."""
+        await self.pool.execute(
+            "INSERT INTO cartd.agent_polls (agent_id) SELECT id FROM company_agents"
+            " WHERE is_active AND template_slug = $1 ON CONFLICT DO NOTHING",
+            slug,
+        )
+
+    async def claim_agents(
+        self, *, slug: str, instance: str, now: datetime, interval: timedelta,
+        lease: timedelta, limit: int, force: bool = False,
+    ) -> list[AgentWork]:
+        """Claim up to `limit` due agents with a lease, joined with company and integrations."""
+        slack = min(interval * 0.1, timedelta(seconds=1))
+        rows = await self.pool.fetch(
+            _CLAIM_AGENTS, slug, instance, now, now + lease, now + interval - slack, force, limit
+        )
+        return [
+            AgentWork(
+                id=r["id"], name=r["name"], template_slug=r["template_slug"], settings=r["settings"],
+                company={"id": str(r["company_id"]), "name": r["company_name"],
+                         "website": r["website"], "email": r["email"], "phone": r["phone"]},
+                integrations=r["integrations"],
+            )
+            for r in rows
+        ]
+
+    async def release_agents(self, agent_ids: list[UUID], instance: str) -> None:
+        await self.pool.execute(
+            "UPDATE cartd.agent_polls SET lease_until = NULL, claimed_by = NULL"
+            " WHERE agent_id = ANY($1) AND claimed_by = $2",
+            agent_ids, instance,
+        )
+
+    async def source_states(self, integration_ids: list[UUID]) -> dict[UUID, SourceState]:
+        rows = await self.pool.fetch(
+            "SELECT integration_id, cursor, mock_epoch FROM cartd.sources"
+            " WHERE integration_id = ANY($1)",
+            integration_ids,
+        )
+        return {r["integration_id"]: SourceState(r["cursor"], r["mock_epoch"]) for r in rows}
+
+    # --- the outbox -------------------------------------------------------
+
+    async def record(
+        self,
+        *,
+        now: datetime,
+        detected: list[tuple[UUID, str]],
+        completed: list[tuple[UUID, str]],
+        build: Any,
+        sources: list[tuple[UUID, datetime | None, datetime | None]],
+        agents: list[UUID],
+        instance: str,
+    ) -> list[NewDelivery]:
+        """One transaction: remember new carts, mark recoveries, write deliveries, move cursors.
+
+        `build(new, recovered)` receives the (integration id, cart id) pairs that were
+        really new and really recovered, and returns the deliveries to write.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            new = await conn.fetch(
+                "INSERT INTO cartd.sent_carts (integration_id, cart_id, detected_at)"
+                " SELECT i, c, $3 FROM unnest($1::uuid[], $2::text[]) AS t(i, c)"
+                " ON CONFLICT DO NOTHING RETURNING integration_id, cart_id",
+                [i for i, _ in detected], [c for _, c in detected], now,
+            )
+            recovered = await conn.fetch(
+                "UPDATE cartd.sent_carts s SET recovered_at = $3"
+                " FROM unnest($1::uuid[], $2::text[]) AS t(i, c)"
+                " WHERE s.integration_id = t.i AND s.cart_id = t.c AND s.recovered_at IS NULL"
+                " RETURNING s.integration_id, s.cart_id",
+                [i for i, _ in completed], [c for _, c in completed], now,
+            )
+            deliveries: list[NewDelivery] = build(
+                {(r["integration_id"], r["cart_id"]) for r in new},
+                {(r["integration_id"], r["cart_id"]) for r in recovered},
+            )
+            if deliveries:
+                await conn.copy_records_to_table(
+                    "deliveries", schema_name="cartd",
+                    columns=["id", "type", "agent_id", "integration_id", "platform", "url", "body",
+                             "carts", "status", "last_error", "next_attempt_at", "created_at"],
+                    records=[(d.id, d.type, d.agent_id, d.integration_id, d.platform, d.url, d.body,
+                              d.carts, d.status, d.last_error, now, now) for d in deliveries],
+                )
+            if sources:
+                await conn.execute(
+                    "INSERT INTO cartd.sources (integration_id, cursor, mock_epoch, updated_at)"
+                    " SELECT i, c, e, $4 FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])"
+                    " AS t(i, c, e)"
+                    " ON CONFLICT (integration_id) DO UPDATE SET cursor = EXCLUDED.cursor,"
+                    " mock_epoch = COALESCE(cartd.sources.mock_epoch, EXCLUDED.mock_epoch),"
+                    " updated_at = EXCLUDED.updated_at",
+                    [s[0] for s in sources], [s[1] for s in sources], [s[2] for s in sources], now,
+                )
+            await conn.execute(
+                "UPDATE cartd.agent_polls SET lease_until = NULL, claimed_by = NULL"
+                " WHERE agent_id = ANY($1) AND claimed_by = $2",
+                agents, instance,
+            )
+        return deliveries
+
+    # --- deliveries -------------------------------------------------------
+
+    async def claim_deliveries(
+        self, *, instance: str, now: datetime, lease: timedelta, limit: int
+    ) -> list[Claimed]:
+        rows = await self.pool.fetch(
+            """
+            WITH due AS (
+                SELECT id FROM cartd.deliveries
+                WHERE status = 'pending' AND next_attempt_at <= $2
+                  AND (lease_until IS NULL OR lease_until < $2)
+                ORDER BY next_attempt_at
+                LIMIT $4
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE cartd.deliveries d SET claimed_by = $1, lease_until = $3
+            FROM due WHERE d.id = due.id
+            RETURNING d.id, d.url, d.body, d.attempts, d.platform
+            """,
+            instance, now, now + lease, limit,
+        )
+        return [Claimed(r["id"], r["url"], r["body"], r["attempts"], r["platform"]) for r in rows]
+
+    async def next_due(self) -> datetime | None:
+        return await self.pool.fetchval(
+            "SELECT min(next_attempt_at) FROM cartd.deliveries WHERE status = 'pending'"
+        )
+
+    async def record_outcomes(self, outcomes: list[Outcome]) -> None:
+        """Write a batch of attempt outcomes in one statement."""
+        await self.pool.execute(
+            """
+            UPDATE cartd.deliveries d SET
+                status = o.status,
+                attempts = d.attempts + 1,
+                last_status = o.http_status,
+                last_error = o.error,
+                next_attempt_at = COALESCE(o.next_at, d.next_attempt_at),
+                delivered_at = CASE WHEN o.status = 'delivered' THEN o.at END,
+                claimed_by = NULL, lease_until = NULL
+            FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
+                        $6::timestamptz[]) AS o(id, status, http_status, error, next_at, at)
+            WHERE d.id = o.id AND d.status = 'pending'
+            """,
+            [o.id for o in outcomes], [o.status for o in outcomes],
+            [o.http_status for o in outcomes], [o.error for o in outcomes],
+            [o.next_attempt_at for o in outcomes], [o.at for o in outcomes],
+        )
+
+    async def release_deliveries(self, instance: str) -> None:
+        """Give back claims held by this instance (at shutdown)."""
+        await self.pool.execute(
+            "UPDATE cartd.deliveries SET claimed_by = NULL, lease_until = NULL"
+            " WHERE claimed_by = $1 AND status = 'pending'",
+            instance,
+        )
+        await self.pool.execute(
+            "UPDATE cartd.agent_polls SET claimed_by = NULL, lease_until = NULL"
+            " WHERE claimed_by = $1",
+            instance,
+        )
+
+    async def unattempted(self, ids: list[str]) -> int:
+        return await self.pool.fetchval(
+            "SELECT count(*) FROM cartd.deliveries"
+            " WHERE id = ANY($1) AND status = 'pending' AND attempts = 0",
+            ids,
+        )
+
+    async def outcomes_of(self, ids: list[str]) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT status, count(*) AS n FROM cartd.deliveries WHERE id = ANY($1) GROUP BY status",
+            ids,
+        )
+        return {r["status"]: r["n"] for r in rows}
+
+    async def delivery_counts(self) -> dict[str, int]:
+        rows = await self.pool.fetch(
+            "SELECT status, count(*) AS n FROM cartd.deliveries GROUP BY status"
+        )
+        counts = {"pending": 0, "delivered": 0, "dead": 0}
+        counts.update({r["status"]: r["n"] for r in rows})
+        return counts
+
+    async def list_deliveries(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            f"SELECT {_DELIVERY_COLUMNS} FROM cartd.deliveries"
+            " WHERE ($1::text IS NULL OR status = $1) ORDER BY created_at DESC, id LIMIT $2",
+            status, limit,
+        )
+        return [dict(r) for r in rows]
+
+    async def replay(self, delivery_id: str, now: datetime) -> bool:
+        status = await self.pool.execute(
+            "UPDATE cartd.deliveries SET status = 'pending', next_attempt_at = $2, attempts = 0,"
+            " delivered_at = NULL, claimed_by = NULL, lease_until = NULL WHERE id = $1",
+            delivery_id, now,
+        )
+        return status.endswith(" 1")
+
+    async def replay_dead(self, since: datetime | None, now: datetime) -> int:
+        status = await self.pool.execute(
+            "UPDATE cartd.deliveries SET status = 'pending', next_attempt_at = $2, attempts = 0,"
+            " claimed_by = NULL, lease_until = NULL"
+            " WHERE status = 'dead' AND ($1::timestamptz IS NULL OR created_at >= $1)",
+            since, now,
+        )
+        return int(status.split()[-1])
+
+    # --- demo data --------------------------------------------------------
+
+    async def seed_demo(
+        self,
+        companies: list[tuple[Any, ...]],
+        agents: list[tuple[Any, ...]],
+        integrations: list[tuple[Any, ...]],
+    ) -> None:
+        """Insert demo rows into the application tables (only `seed-demo` writes them)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                "INSERT INTO companies (id, name, website, email, phone) VALUES ($1, $2, $3, $4, $5)",
+                companies,
+            )
+            await conn.executemany(
+                "INSERT INTO company_agents (id, company_id, name, template_slug, is_active, settings)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                agents,
+            )
+            await conn.executemany(
+                "INSERT INTO agent_integrations (id, agent_id, platform, is_active, config)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                integrations,
+            )

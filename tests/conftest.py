@@ -1,0 +1,66 @@
+"""Shared fixtures: one real PostgreSQL for the session, a fresh database per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from cartd.store import Store
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A PostgreSQL server for the session: $CARTD_TEST_DSN if set, else pgserver."""
+    if os.environ.get("CARTD_TEST_DSN"):
+        yield os.environ["CARTD_TEST_DSN"]
+        return
+    import pgserver
+
+    # A short path: PostgreSQL's Unix socket path must stay under ~100 bytes.
+    folder = tempfile.mkdtemp(prefix="cartd-pg-", dir="/tmp")
+    server = pgserver.get_server(folder, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _with_database(uri: str, name: str) -> str:
+    base, _, query = uri.partition("?")
+    base = base.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+async def dsn(pg_server: str) -> AsyncIterator[str]:
+    """A new, empty database on the session's server."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(pg_server, name)
+    admin = await asyncpg.connect(pg_server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[Store]:
+    """A migrated database with the application tables."""
+    store = await Store.connect(dsn, 1, 10)
+    await store.migrate(app_tables=True)
+    try:
+        yield store
+    finally:
+        await store.close()

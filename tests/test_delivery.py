@@ -1,0 +1,186 @@
+"""Delivery against real aiohttp receivers: outcomes, retries, signatures, concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+import random
+import socket
+import uuid
+from datetime import timedelta
+
+import pytest
+from standardwebhooks import Webhook
+
+from cartd.delivery import Attempt, Deliverer, decide, retry_after_seconds
+from cartd.payload import dumps, new_webhook_id
+from cartd.store import NewDelivery, Store
+from helpers import Clock, Scripted, config, scripted_receiver, wait_until
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Scripted]:
+    async with scripted_receiver() as scripted:
+        yield scripted
+
+
+async def enqueue(store: Store, clock: Clock, n: int = 1) -> list[str]:
+    deliveries = [
+        NewDelivery(id=new_webhook_id(), type="abandoned_cart.detected", agent_id=uuid.uuid4(),
+                    integration_id=uuid.uuid4(), platform="shopify", url=None,
+                    body=dumps({"type": "abandoned_cart.detected", "n": i}), carts=1)
+        for i in range(n)
+    ]
+    await store.record(now=clock.now, detected=[], completed=[], build=lambda *_: deliveries,
+                       sources=[], agents=[], instance="t")
+    return [d.id for d in deliveries]
+
+
+async def row(store: Store, delivery_id: str) -> dict:
+    return dict(await store.pool.fetchrow("SELECT * FROM cartd.deliveries WHERE id = $1", delivery_id))
+
+
+class Running:
+    def __init__(self, store: Store, clock: Clock, cfg) -> None:
+        self.deliverer = Deliverer(store, lambda: cfg, instance_id="d-1", clock=clock)
+
+    async def __aenter__(self) -> Deliverer:
+        self.task = asyncio.create_task(self.deliverer.run())
+        return self.deliverer
+
+    async def __aexit__(self, *exc) -> None:
+        self.deliverer.stop()
+        await asyncio.wait_for(self.task, 10)
+
+
+def cfg_for(receiver: Scripted, **webhook):
+    return config(webhook={"url": receiver.url, "secret": SECRET, **webhook})
+
+
+async def attempts_reach(store: Store, delivery_id: str, n: int) -> None:
+    await wait_until(lambda: _attempts(store, delivery_id, n))
+
+
+async def _attempts(store: Store, delivery_id: str, n: int) -> bool:
+    return (await row(store, delivery_id))["attempts"] >= n
+
+
+async def test_503_twice_then_200_delivers_on_the_third_attempt_with_the_same_id(store, receiver):
+    receiver.script = [(503, {}, 0), (503, {}, 0), (200, {}, 0)]
+    clock = Clock()
+    [delivery_id] = await enqueue(store, clock)
+    async with Running(store, clock, cfg_for(receiver)) as deliverer:
+        for n in (1, 2):
+            await attempts_reach(store, delivery_id, n)
+            state = await row(store, delivery_id)
+            assert state["status"] == "pending" and state["last_status"] == 503
+            clock.now = state["next_attempt_at"] + timedelta(milliseconds=1)
+            deliverer.wake()
+        await attempts_reach(store, delivery_id, 3)
+    state = await row(store, delivery_id)
+    assert state["status"] == "delivered" and state["delivered_at"] is not None
+    assert [h["webhook-id"] for h, _ in receiver.requests] == [delivery_id] * 3
+    for headers, body in receiver.requests:
+        Webhook(SECRET).verify(body, headers)
+        assert headers["Content-Type"] == "application/json"
+        assert headers["User-Agent"].startswith("cartd/")
+
+
+@pytest.mark.parametrize("status", [400, 404, 410, 422])
+async def test_4xx_dead_letters_at_once(store, receiver, status):
+    receiver.default = (status, {}, 0)
+    clock = Clock()
+    [delivery_id] = await enqueue(store, clock)
+    async with Running(store, clock, cfg_for(receiver)):
+        await attempts_reach(store, delivery_id, 1)
+    state = await row(store, delivery_id)
+    assert (state["status"], state["attempts"], state["last_status"]) == ("dead", 1, status)
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 301, 302])
+async def test_retryable_answers_schedule_a_retry(store, receiver, status):
+    receiver.default = (status, {"Location": receiver.url + "/elsewhere"}, 0)
+    clock = Clock()
+    [delivery_id] = await enqueue(store, clock)
+    async with Running(store, clock, cfg_for(receiver)):
+        await attempts_reach(store, delivery_id, 1)
+    state = await row(store, delivery_id)
+    assert state["status"] == "pending" and state["last_status"] == status
+    delay = (state["next_attempt_at"] - clock.now).total_seconds()
+    assert 4.0 <= delay <= 6.0
+    assert len(receiver.requests) == 1  # redirects are not followed
+
+
+async def test_a_timeout_is_retried(store, receiver):
+    receiver.default = (200, {}, 3.0)
+    clock = Clock()
+    [delivery_id] = await enqueue(store, clock)
+    async with Running(store, clock, cfg_for(receiver, timeout="300ms")):
+        await attempts_reach(store, delivery_id, 1)
+    state = await row(store, delivery_id)
+    assert state["status"] == "pending" and "0.3s" in state["last_error"]
+
+
+async def test_a_connection_error_is_retried(store):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    clock = Clock()
+    [delivery_id] = await enqueue(store, clock)
+    cfg = config(webhook={"url": f"http://127.0.0.1:{port}/hook"})
+    async with Running(store, clock, cfg):
+        await attempts_reach(store, delivery_id, 1)
+    state = await row(store, delivery_id)
+    assert state["status"] == "pending" and state["last_status"] is None and state["last_error"]
+
+
+async def test_retry_after_is_clamped_to_twice_the_scheduled_delay(store, receiver):
+    receiver.default = (429, {"Retry-After": "3600"}, 0)
+    clock = Clock()
+    [delivery_id] = await enqueue(store, clock)
+    async with Running(store, clock, cfg_for(receiver, retry_jitter=0)):
+        await attempts_reach(store, delivery_id, 1)
+    state = await row(store, delivery_id)
+    assert state["next_attempt_at"] - clock.now == timedelta(seconds=10)
+
+
+async def test_at_most_concurrency_requests_in_flight(store, receiver):
+    receiver.default = (200, {}, 0.2)
+    clock = Clock()
+    ids = await enqueue(store, clock, 20)
+    async with Running(store, clock, cfg_for(receiver, concurrency=4)):
+        await wait_until(lambda: _all_delivered(store, ids), timeout=20)
+    assert receiver.peak == 4
+    assert sorted(h["webhook-id"] for h, _ in receiver.requests) == sorted(ids)
+
+
+async def _all_delivered(store: Store, ids: list[str]) -> bool:
+    return (await store.outcomes_of(ids)).get("delivered", 0) == len(ids)
+
+
+def test_the_retry_schedule_and_dead_lettering():
+    cfg = config(webhook={"retry_jitter": 0.2})
+    clock = Clock()
+    failure = Attempt("5xx", 500, "HTTP 500")
+    rng = random.Random(1)
+    schedule = [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+    for n, base in enumerate(schedule):
+        status, at = decide(failure, n, cfg, clock.now, rng)
+        assert status == "pending"
+        assert base * 0.8 <= (at - clock.now).total_seconds() <= base * 1.2
+    assert decide(failure, len(schedule), cfg, clock.now, rng) == ("dead", None)
+    assert list(cfg.webhook.retry_schedule) == schedule  # SPEC §2, about 75 h in all
+
+
+def test_retry_after_forms():
+    clock = Clock()
+    assert retry_after_seconds("120", clock.now) == 120
+    assert retry_after_seconds("Mon, 23 Nov 2026 12:01:00 GMT", clock.now) == 60
+    assert retry_after_seconds("soon", clock.now) is None
+    cfg = config(webhook={"retry_jitter": 0})
+    small = Attempt("5xx", 503, "HTTP 503", retry_after=1)
+    assert decide(small, 1, cfg, clock.now)[1] == clock.now + timedelta(seconds=300)
+    ignored = Attempt("5xx", 500, "HTTP 500", retry_after=3000)
+    assert decide(ignored, 1, cfg, clock.now)[1] == clock.now + timedelta(seconds=300)
