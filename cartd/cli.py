@@ -8,11 +8,13 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 import asyncpg
 
 from cartd import __version__, embedded, logs
 from cartd.config import Config, ConfigError, load, resolve_path
+from cartd.control import SocketInUse
 from cartd.store import Store
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -48,6 +50,23 @@ def _parser() -> argparse.ArgumentParser:
     receiver = commands.add_parser("receiver", parents=[common], help="a webhook receiver that verifies signatures")
     receiver.add_argument("--listen", default="127.0.0.1:8787", type=_host_port)
     receiver.add_argument("--secret", default=None, help="whsec_... (default: webhook.secret)")
+    ctl = commands.add_parser("ctl", parents=[common], help="talk to a running daemon")
+    ctl.add_argument("--socket", default=None, help="control socket (default: control.socket)")
+    actions = ctl.add_subparsers(dest="action", required=True, parser_class=_Parser,
+                                 metavar="CMD")
+    actions.add_parser("status", help="the daemon's state")
+    start = actions.add_parser("start", help="enable polling")
+    start.add_argument("--interval", type=_interval, default=None, help="seconds between cycles")
+    actions.add_parser("stop", help="disable polling")
+    actions.add_parser("run-once", help="poll every matching agent now")
+    actions.add_parser("reload", help="reload the config file")
+    deliveries = actions.add_parser("deliveries", help="list deliveries, newest first")
+    deliveries.add_argument("--status", choices=("pending", "delivered", "dead"))
+    deliveries.add_argument("--limit", type=_positive_int, default=50)
+    replay = actions.add_parser("replay", help="replay one delivery, or all dead ones")
+    replay.add_argument("id", nargs="?", help="the delivery (webhook) id")
+    replay.add_argument("--status", choices=("dead",), help="replay every dead delivery")
+    replay.add_argument("--since", default=None, help="only those created since this ISO time")
     demo = commands.add_parser("demo", parents=[common], help="the whole system on one machine")
     demo.add_argument("--agents", type=_positive_int, default=12)
     demo.add_argument("--cycles", type=_positive_int, default=None,
@@ -140,8 +159,58 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config, path = _load(args)
     logs.configure(config.logging.level, config.logging.format)
-    asyncio.run(Daemon(config, path).run())
+    asyncio.run(Daemon(config, path, config_missing_ok=args.config is None).run())
     return EXIT_OK
+
+
+def _ctl_request(args: argparse.Namespace) -> tuple[str, str, dict[str, str]]:
+    action = args.action
+    if action == "start":
+        params = {} if args.interval is None else {"interval": f"{args.interval:g}"}
+        return "POST", "/polling/start", params
+    if action == "deliveries":
+        params = {"limit": str(args.limit)}
+        if args.status:
+            params["status"] = args.status
+        return "GET", "/deliveries", params
+    if action == "replay":
+        if args.id and not args.status and not args.since:
+            return "POST", f"/deliveries/{quote(args.id, safe='')}/replay", {}
+        if args.id is None and args.status == "dead":
+            return "POST", "/deliveries/replay", {"status": "dead", **(
+                {"since": args.since} if args.since else {})}
+        raise UsageError("replay takes a delivery ID, or --status dead [--since ISO]")
+    return {"status": ("GET", "/status", {}), "stop": ("POST", "/polling/stop", {}),
+            "run-once": ("POST", "/polling/run-once", {}),
+            "reload": ("POST", "/reload", {})}[action]
+
+
+def _cmd_ctl(args: argparse.Namespace) -> int:
+    import json
+
+    import aiohttp
+
+    method, path, params = _ctl_request(args)
+    socket_path = args.socket
+    if socket_path is None:
+        config, _ = _load(args)
+        socket_path = config.control.socket
+
+    async def call() -> tuple[int, object]:
+        connector = aiohttp.UnixConnector(path=socket_path)
+        timeout = aiohttp.ClientTimeout(total=300)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            async with session.request(method, f"http://cartd{path}", params=params) as response:
+                return response.status, await response.json(content_type=None)
+
+    try:
+        status, data = asyncio.run(call())
+    except (aiohttp.ClientError, OSError) as exc:
+        print(f"cartd: cannot reach the daemon at {socket_path}: {_one_line(exc)}",
+              file=sys.stderr)
+        return EXIT_RUNTIME
+    print(json.dumps(data, indent=2))
+    return EXIT_OK if status < 400 else EXIT_RUNTIME
 
 
 def _cmd_receiver(args: argparse.Namespace) -> int:
@@ -182,6 +251,7 @@ COMMANDS = {
     "check-config": _cmd_check_config,
     "migrate": _cmd_migrate,
     "seed-demo": _cmd_seed_demo,
+    "ctl": _cmd_ctl,
     "receiver": _cmd_receiver,
     "demo": _cmd_demo,
 }
@@ -197,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cartd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except embedded.EmbeddedUnavailable as exc:
+    except (embedded.EmbeddedUnavailable, SocketInUse) as exc:
         print(f"cartd: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

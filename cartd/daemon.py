@@ -1,5 +1,5 @@
-"""The daemon's lifecycle: one TaskGroup for the poll loop and the delivery workers,
-signal handlers, a graceful stop that loses nothing."""
+"""The daemon's lifecycle: one TaskGroup for the poll loop, the delivery workers, the
+control and metrics servers; signals, reloads, sd_notify; a graceful stop."""
 
 from __future__ import annotations
 
@@ -15,14 +15,36 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiohttp import web
 
-from cartd import embedded
-from cartd.config import Config
-from cartd.delivery import Deliverer
+from cartd import __version__, control, embedded, logs, notify
+from cartd.config import Config, ConfigError, load
+from cartd.delivery import Attempt, Deliverer
+from cartd.metrics import Metrics
 from cartd.poller import CycleSummary, Poller
-from cartd.store import DB_ERRORS, Store
+from cartd.store import DB_ERRORS, Claimed, Store
 
 log = structlog.get_logger("cartd.daemon")
+
+HEALTH_EVERY = 2.0
+RUN_ONCE_WAIT = 30.0
+# Changing these needs a restart; a reload keeps the running value.
+RESTART_KEYS = (("control", "socket"), ("control", "socket_mode"), ("metrics", "listen"),
+                ("state_dir",), ("database", "dsn"))
+
+
+def _get(config: Config, key: tuple[str, ...]) -> Any:
+    value: Any = config
+    for part in key:
+        value = getattr(value, part)
+    return value
+
+
+def _keep(new: Config, old: Config, key: tuple[str, ...]) -> Config:
+    if len(key) == 1:
+        return new.model_copy(update={key[0]: getattr(old, key[0])})
+    section = getattr(new, key[0]).model_copy(update={key[1]: _get(old, key)})
+    return new.model_copy(update={key[0]: section})
 
 
 class Daemon:
@@ -31,79 +53,122 @@ class Daemon:
         config: Config,
         config_path: Path | None = None,
         *,
+        config_missing_ok: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_cycle: Callable[[CycleSummary], None] = lambda _: None,
         prepare: Callable[[Store], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
         self.config_path = config_path
+        self.config_missing_ok = config_missing_ok
         self.clock = clock
         self.on_cycle = on_cycle
         self.prepare = prepare
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.started_at = clock()
+        self.config_loaded_at = self.started_at
+        self.config_error: str | None = None
+        self.database_error: str | None = "not connected yet"
+        self.migrated = not config.database.migrate
         self.polling_enabled = config.polling.enabled
         self.cycles = 0
-        self.last_cycle: CycleSummary | None = None
+        self.last_cycle: dict[str, Any] | None = None
+        self.metrics = Metrics()
         self.stopping = asyncio.Event()
         self._poll_wake = asyncio.Event()
+        self._poll_now = False
+        self._background: set[asyncio.Task[Any]] = set()
+        self._dsn = ""
+        self._cycle_lock = asyncio.Lock()
         self.store: Store | None = None
         self.poller: Poller | None = None
         self.deliverer: Deliverer | None = None
         self._embedded: Any = None
+        self._runners: list[web.AppRunner] = []
+        self._socket = Path(config.control.socket)
 
     def config(self) -> Config:
         return self._config
 
-    def stop(self) -> None:
-        if not self.stopping.is_set():
-            log.info("stopping")
-            self.stopping.set()
-            self._poll_wake.set()
-            if self.deliverer is not None:
-                self.deliverer.stop()
-
-    async def _open_store(self) -> Store:
-        config = self._config
-        dsn = config.database.dsn
-        if not dsn:
-            dsn, self._embedded = await asyncio.to_thread(embedded.start, config.state_dir)
-        store = await Store.connect(
-            dsn, config.database.min_connections, config.database.max_connections
-        )
-        if config.database.migrate:
-            applied = await store.migrate()
-            if applied:
-                log.info("migrations_applied", migrations=applied)
-        return store
+    # --- lifecycle ----------------------------------------------------------
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT (or `stop()`)."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+        handlers = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
+                    signal.SIGHUP: self._reload_in_background}
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler)
         try:
-            self.store = await self._open_store()
-            if self.prepare is not None:
-                await self.prepare(self.store)
+            await self._open_store()
             self.deliverer = Deliverer(self.store, self.config, instance_id=self.instance_id,
-                                       clock=self.clock)
+                                       clock=self.clock, on_outcome=self._count_attempt)
             self.poller = Poller(self.store, self.config, instance_id=self.instance_id,
                                  clock=self.clock, on_enqueued=lambda _: self.deliverer.wake())
-            log.info("started", instance_id=self.instance_id,
+            await self._start_servers()
+            self.metrics.polling_enabled.set(int(self.polling_enabled))
+            log.info("started", instance_id=self.instance_id, version=__version__,
                      interval_seconds=self._config.polling.interval,
-                     polling=self.polling_enabled)
+                     polling=self.polling_enabled, control_socket=str(self._socket))
+            notify.notify("READY=1", "STATUS=started, waiting for the first cycle")
             if self.stopping.is_set():
                 self.deliverer.stop()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._poll_loop())
                 tasks.create_task(self.deliverer.run())
+                tasks.create_task(self._health_loop())
+                interval = notify.watchdog_interval()
+                if interval:
+                    tasks.create_task(self._watchdog(interval))
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in handlers:
                 loop.remove_signal_handler(sig)
             await self._close()
 
+    def _reload_in_background(self) -> None:
+        task = asyncio.create_task(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping")
+            notify.notify("STOPPING=1")
+            self.stopping.set()
+            self._poll_wake.set()
+            if self.deliverer is not None:
+                self.deliverer.stop()
+
+    async def _open_store(self) -> None:
+        config = self._config
+        dsn = config.database.dsn
+        if not dsn:
+            dsn, self._embedded = await asyncio.to_thread(embedded.start, config.state_dir)
+        self._dsn = dsn
+        sizes = (config.database.min_connections, config.database.max_connections)
+        try:
+            self.store = await Store.connect(dsn, *sizes)
+        except DB_ERRORS as exc:
+            self._database_down(exc)
+            self.store = await Store.connect(dsn, *sizes, lazy=True)
+        else:
+            await self._database_up()
+
+    async def _start_servers(self) -> None:
+        config = self._config
+        self._runners.append(await control.start(self, self._socket, config.control.socket_mode))
+        if config.metrics.listen:
+            host, _, port = config.metrics.listen.rpartition(":")
+            runner = web.AppRunner(self.metrics.app(), access_log=None, handle_signals=False)
+            await runner.setup()
+            self._runners.append(runner)
+            await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
+
     async def _close(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        if self._runners:
+            self._socket.unlink(missing_ok=True)
         if self.store is not None:
             try:
                 await self.store.release_deliveries(self.instance_id)
@@ -114,29 +179,225 @@ class Daemon:
             await asyncio.to_thread(self._embedded.cleanup)
         log.info("stopped")
 
+    # --- the database -------------------------------------------------------
+
+    def _database_down(self, exc: BaseException) -> None:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self.database_error != message:
+            log.error("database_unavailable", error=message)
+            notify.notify(f"STATUS=database unavailable: {message}")
+        self.database_error = message
+
+    async def _database_up(self) -> None:
+        if not self.migrated:
+            applied = await self.store.migrate()
+            self.migrated = True
+            if applied:
+                log.info("migrations_applied", migrations=applied)
+        if self.prepare is not None:
+            await self.prepare(self.store)
+            self.prepare = None
+        if self.database_error is not None and self.database_error != "not connected yet":
+            log.info("database_recovered")
+        self.database_error = None
+
+    async def _health_loop(self) -> None:
+        """Watch the database, migrate once it is there, refresh the delivery gauges."""
+        while not self.stopping.is_set():
+            try:
+                await self.store.ping()
+                await self._database_up()
+                counts = await self.store.delivery_counts()
+                self.metrics.deliveries_pending.set(counts["pending"])
+                self.metrics.deliveries_dead.set(counts["dead"])
+            except DB_ERRORS as exc:
+                self._database_down(exc)
+            try:
+                await asyncio.wait_for(self.stopping.wait(), HEALTH_EVERY)
+            except TimeoutError:
+                pass
+
+    async def store_call(self, method: str, *args: Any) -> Any:
+        return await getattr(self.store, method)(*args)
+
+    # --- polling ------------------------------------------------------------
+
     async def run_cycle(self, *, force: bool = False) -> tuple[CycleSummary, list[str]] | None:
         """One cycle, logged and counted; None when it failed (the database, say)."""
         assert self.poller is not None
-        try:
-            summary, ids = await self.poller.run_cycle(force=force)
-        except DB_ERRORS as exc:
-            log.error("cycle_failed", error=str(exc))
-            return None
+        started = time.monotonic()
+        async with self._cycle_lock:
+            try:
+                if self.database_error is not None:
+                    await self.store.ping()
+                    await self._database_up()
+                summary, ids = await self.poller.run_cycle(force=force)
+            except DB_ERRORS as exc:
+                self._database_down(exc)
+                self.metrics.poll_cycles.labels("error").inc()
+                self.metrics.cycle_duration.observe(time.monotonic() - started)
+                log.error("cycle_failed", error=self.database_error)
+                return None
         self.cycles += 1
-        self.last_cycle = summary
-        log.info("cycle_finished", **summary.as_dict())
+        self.last_cycle = summary.as_dict()
+        self._count_cycle(summary, time.monotonic() - started)
+        log.info("cycle_finished", **self.last_cycle)
+        notify.notify(f"STATUS=cycle {self.cycles}: {summary.agents_found} agents,"
+                      f" {summary.carts_new} new carts, {summary.deliveries_enqueued} webhooks"
+                      f" queued, {summary.integration_errors} integration errors")
         self.on_cycle(summary)
         return summary, ids
 
+    async def run_once(self) -> dict[str, Any] | None:
+        """Poll every matching agent now and wait for the first attempt of its deliveries."""
+        result = await self.run_cycle(force=True)
+        if result is None:
+            return None
+        summary, ids = result
+        states = {"unattempted": 0, "delivered": 0, "failed": 0}
+        if ids:
+            self.wake_deliveries()
+            deadline = time.monotonic() + max(RUN_ONCE_WAIT, 2 * self._config.webhook.timeout)
+            while True:
+                states = await self.store.attempt_states(ids)
+                if not states["unattempted"] or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+        return {**summary.as_dict(), "deliveries_succeeded": states["delivered"],
+                "deliveries_failed": states["failed"]}
+
+    def start_polling(self, interval: float | None) -> None:
+        if interval is not None:
+            polling = self._config.polling.model_copy(update={"interval": interval})
+            self._config = self._config.model_copy(update={"polling": polling})
+        self.polling_enabled = True
+        self._poll_now = True
+        self.metrics.polling_enabled.set(1)
+        log.info("polling_started", interval_seconds=self._config.polling.interval)
+        self._poll_wake.set()
+
+    def stop_polling(self) -> None:
+        self.polling_enabled = False
+        self.metrics.polling_enabled.set(0)
+        log.info("polling_stopped")
+        self._poll_wake.set()
+
+    def wake_deliveries(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.wake()
+
     async def _poll_loop(self) -> None:
-        next_at = time.monotonic()
+        last_start: float | None = None
         while not self.stopping.is_set():
-            if self.polling_enabled:
+            due = time.monotonic()
+            if last_start is not None and not self._poll_now:
+                due = last_start + self._config.polling.interval
+            if self.polling_enabled and time.monotonic() >= due:
+                self._poll_now = False
+                last_start = time.monotonic()
                 await self.run_cycle()
-            interval = self._config.polling.interval
-            next_at = max(next_at + interval, time.monotonic())
+                continue
             self._poll_wake.clear()
             try:
-                await asyncio.wait_for(self._poll_wake.wait(), next_at - time.monotonic())
+                await asyncio.wait_for(self._poll_wake.wait(),
+                                       due - time.monotonic() if self.polling_enabled else None)
             except TimeoutError:
                 pass
+
+    async def _watchdog(self, interval: float) -> None:
+        while not self.stopping.is_set():
+            notify.notify("WATCHDOG=1")
+            try:
+                await asyncio.wait_for(self.stopping.wait(), interval)
+            except TimeoutError:
+                pass
+
+    # --- metrics ------------------------------------------------------------
+
+    def _count_cycle(self, summary: CycleSummary, seconds: float) -> None:
+        m = self.metrics
+        m.poll_cycles.labels("ok").inc()
+        m.cycle_duration.observe(seconds)
+        m.last_success.set(time.time())
+        m.agents_found.set(summary.agents_found)
+        for (platform, outcome), n in summary.polls.items():
+            if platform in ("shopify", "woocommerce", "custom"):
+                m.integration_polls.labels(platform, outcome).inc(n)
+        for platform, n in summary.new_by_platform.items():
+            m.carts_detected.labels(platform).inc(n)
+        for platform, n in summary.recovered_by_platform.items():
+            m.carts_recovered.labels(platform).inc(n)
+        for (platform, currency), value in summary.value_by.items():
+            m.carts_value.labels(platform, currency).inc(float(value))
+
+    def _count_attempt(self, row: Claimed, attempt: Attempt, status: str) -> None:
+        self.metrics.webhook_attempts.labels(attempt.result).inc()
+        self.metrics.attempt_duration.observe(attempt.seconds)
+        outcome = {"delivered": "delivered", "dead": "dead"}.get(status, "retried")
+        self.metrics.deliveries.labels(outcome).inc()
+
+    # --- reload and status --------------------------------------------------
+
+    async def reload(self) -> str | None:
+        """Apply the config file as a whole; on error keep the old one. Returns the error."""
+        notify.reloading()
+        try:
+            new = await asyncio.to_thread(load, self.config_path or Path("cartd.yaml"),
+                                          missing_ok=self.config_missing_ok)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            self.metrics.config_reloads.labels("error").inc()
+            log.error("config_reload_failed", error=self.config_error)
+            notify.notify("READY=1", f"STATUS=config reload failed: {self.config_error}")
+            return self.config_error
+        old = self._config
+        for key in RESTART_KEYS:
+            if _get(new, key) != _get(old, key):
+                log.warning("config_needs_restart", key=".".join(key))
+                new = _keep(new, old, key)
+        if (new.database.min_connections, new.database.max_connections) != (
+                old.database.min_connections, old.database.max_connections):
+            await self._resize_pool(new)
+        logs.configure(new.logging.level, new.logging.format)
+        self._config = new
+        self.config_error = None
+        self.config_loaded_at = self.clock()
+        self.metrics.config_reloads.labels("ok").inc()
+        self.metrics.config_last_success.set(time.time())
+        log.info("config_reloaded", interval_seconds=new.polling.interval)
+        self._poll_wake.set()
+        self.wake_deliveries()
+        notify.notify("READY=1", "STATUS=config reloaded")
+        return None
+
+    async def _resize_pool(self, new: Config) -> None:
+        """Swap in a pool of the new size; the old one closes once its work is done."""
+        old_pool = self.store.pool
+        fresh = await Store.connect(self._dsn, new.database.min_connections,
+                                    new.database.max_connections, lazy=True)
+        self.store.pool = fresh.pool
+        task = asyncio.create_task(old_pool.close())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def status(self) -> dict[str, Any]:
+        deliveries = None
+        if self.database_error is None:
+            try:
+                deliveries = await self.store.delivery_counts()
+            except DB_ERRORS as exc:
+                self._database_down(exc)
+        return {
+            "state": "running" if self.polling_enabled else "stopped",
+            "interval_seconds": self._config.polling.interval,
+            "instance_id": self.instance_id,
+            "version": __version__,
+            "started_at": self.started_at,
+            "cycles": self.cycles,
+            "last_cycle": self.last_cycle,
+            "deliveries": deliveries,
+            "database": "ok" if self.database_error is None else self.database_error,
+            "config_path": str(self.config_path) if self.config_path else None,
+            "config_loaded_at": self.config_loaded_at,
+            "config_error": self.config_error,
+        }

@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
@@ -33,6 +33,7 @@ class Attempt:
     http_status: int | None
     error: str | None
     retry_after: float | None = None
+    seconds: float = 0.0
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -131,7 +132,7 @@ class Deliverer:
                 lease=timedelta(seconds=config.webhook.timeout) + LEASE_MARGIN, limit=free,
             )
         except DB_ERRORS as exc:
-            log.warning("delivery_claim_failed", error=str(exc))
+            log.debug("delivery_claim_failed", error=str(exc))  # the health loop reports it
             return
         signer = Signer(config.webhook.secrets)
         for row in claimed:
@@ -150,7 +151,9 @@ class Deliverer:
             await self._session.close()
 
     async def _deliver(self, row: Claimed, config: Config, signer: Signer) -> None:
+        started = time.monotonic()
         attempt = await self._post(row, config, signer)
+        attempt = replace(attempt, seconds=time.monotonic() - started)
         now = self.clock()
         status, next_at = decide(attempt, row.attempts, config, now)
         self.on_outcome(row, attempt, status)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,12 +41,18 @@ class CycleSummary:
     carts_recovered: int = 0
     recovery_value: dict[str, Decimal] = field(default_factory=dict)
     deliveries_enqueued: int = 0
+    # For the metrics: (platform, outcome) fetches, (platform, currency) values.
     platforms: set[str] = field(default_factory=set, repr=False)
-    new_by_platform: dict[str, int] = field(default_factory=dict, repr=False)
+    polls: Counter[tuple[str, str]] = field(default_factory=Counter, repr=False)
+    new_by_platform: Counter[str] = field(default_factory=Counter, repr=False)
+    recovered_by_platform: Counter[str] = field(default_factory=Counter, repr=False)
+    value_by: dict[tuple[str, str], Decimal] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        del data["platforms"], data["new_by_platform"]
+        for private in ("platforms", "polls", "new_by_platform", "recovered_by_platform",
+                        "value_by"):
+            del data[private]
         data["recovery_value"] = {k: float(v) for k, v in sorted(self.recovery_value.items())}
         return data
 
@@ -193,6 +199,7 @@ class Poller:
             platform = job.integration.platform
             summary.integrations_processed += 1
             summary.platforms.add(platform)
+            summary.polls[(platform, "ok")] += 1
             job.keep = [c for c in job.fetched.carts if job.rules.keeps(c, now)]
             summary.carts_found += len(job.keep)
             if config.carts.send_recovered:
@@ -245,6 +252,7 @@ class Poller:
     def _failed(summary: CycleSummary, platform: Any, agent: Any, integration_id: Any,
                 exc: Exception) -> None:
         summary.integration_errors += 1
+        summary.polls[(str(platform), "error")] += 1
         log.warning("integration_failed", agent_id=str(agent.id), platform=str(platform),
                     integration_id=str(integration_id), error=str(exc))
 
@@ -253,11 +261,14 @@ class Poller:
         platform = job.integration.platform
         summary.carts_new += len(fresh)
         summary.carts_recovered += len(back)
-        summary.new_by_platform[platform] = summary.new_by_platform.get(platform, 0) + len(fresh)
+        summary.new_by_platform[platform] += len(fresh)
+        summary.recovered_by_platform[platform] += len(back)
         for cart in fresh:
             summary.recovery_value[cart.currency] = (
                 summary.recovery_value.get(cart.currency, Decimal(0)) + cart.total_value
             )
+            key = (platform, cart.currency)
+            summary.value_by[key] = summary.value_by.get(key, Decimal(0)) + cart.total_value
 
     @staticmethod
     def _deliveries(job: _Job, config: Config, now: datetime, event: str,

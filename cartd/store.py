@@ -115,10 +115,12 @@ class Store:
         self.pool = pool
 
     @classmethod
-    async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10) -> Store:
+    async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10,
+                      *, lazy: bool = False) -> Store:
+        """A pool; with `lazy`, one that connects on first use (the database may be down)."""
         pool = await asyncpg.create_pool(
-            dsn, min_size=min(min_size, max_size), max_size=max_size, init=_init_connection,
-            command_timeout=60,
+            dsn, min_size=0 if lazy else min(min_size, max_size), max_size=max_size,
+            init=_init_connection, command_timeout=60,
         )
         return cls(pool)
 
@@ -319,19 +321,17 @@ class Store:
             instance,
         )
 
-    async def unattempted(self, ids: list[str]) -> int:
-        return await self.pool.fetchval(
-            "SELECT count(*) FROM cartd.deliveries"
-            " WHERE id = ANY($1) AND status = 'pending' AND attempts = 0",
+    async def attempt_states(self, ids: list[str]) -> dict[str, int]:
+        """Of these deliveries: how many still wait for a first attempt, were delivered,
+        or failed (dead, or pending after a failed attempt)."""
+        row = await self.pool.fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 'pending' AND attempts = 0) AS unattempted,"
+            " count(*) FILTER (WHERE status = 'delivered') AS delivered,"
+            " count(*) FILTER (WHERE status = 'dead' OR (status = 'pending' AND attempts > 0))"
+            " AS failed FROM cartd.deliveries WHERE id = ANY($1)",
             ids,
         )
-
-    async def outcomes_of(self, ids: list[str]) -> dict[str, int]:
-        rows = await self.pool.fetch(
-            "SELECT status, count(*) AS n FROM cartd.deliveries WHERE id = ANY($1) GROUP BY status",
-            ids,
-        )
-        return {r["status"]: r["n"] for r in rows}
+        return dict(row)
 
     async def delivery_counts(self) -> dict[str, int]:
         rows = await self.pool.fetch(

@@ -38,9 +38,11 @@ def write_config(tmp_path: Path, dsn: str, url: str, **webhook) -> Path:
 
 @asynccontextmanager
 async def daemon(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`cartd run`; its log goes to cartd.log beside the config."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cartd", "--config", str(config), "run",
-        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
+        stderr=(config.parent / "cartd.log").open("ab"),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -74,7 +76,7 @@ async def test_run_delivers_signed_webhooks_from_every_platform_and_stops_on_sig
         await wait_until(lambda: _all_delivered(store), timeout=30)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
-        log = (await proc.stderr.read()).decode()
+        log = (tmp_path / "cartd.log").read_text()
     for headers, body in receiver.requests:
         Webhook(SECRET).verify(body, headers)
     keys = carts_received(receiver)

@@ -157,7 +157,7 @@ async def test_at_most_concurrency_requests_in_flight(store, receiver):
 
 
 async def _all_delivered(store: Store, ids: list[str]) -> bool:
-    return (await store.outcomes_of(ids)).get("delivered", 0) == len(ids)
+    return (await store.attempt_states(ids))["delivered"] == len(ids)
 
 
 def test_the_retry_schedule_and_dead_lettering():

@@ -19,10 +19,10 @@ def mapping(value: Any, what: str) -> dict[str, Any]:
 
 def identifier(value: Any) -> str | None:
     """An id as a string (platforms send numbers or strings); None when absent or empty."""
+    if isinstance(value, str):
+        return value.strip() or None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
     return None
 
 
@@ -35,9 +35,7 @@ def required_id(value: Any, what: str) -> str:
 
 def text(value: Any) -> str | None:
     """A non-empty stripped string, else None (platforms send "" for unknown fields)."""
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
+    return (value.strip() or None) if isinstance(value, str) else None
 
 
 def title(value: Any) -> str:
@@ -48,7 +46,7 @@ def title(value: Any) -> str:
 
 
 def flag(value: Any) -> bool:
-    """True for true, 1, "1", "yes", "true", "on"; anything else is False."""
+    """True for true, 1 and the strings 1, true, yes, y, on (any case); else False."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
@@ -65,6 +63,8 @@ def currency(value: Any) -> str:
 
 def quantity(value: Any) -> int:
     """A whole number of units, at least 1."""
+    if type(value) is int and value > 0:
+        return value
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     elif isinstance(value, str) and value.strip().isdigit():
@@ -115,7 +115,7 @@ def normalise(cart: Any) -> Cart:
     """A Cart from the custom platform's cart object; MalformedRecord when it is not one."""
     raw = mapping(cart, "cart")
     cart_id = required_id(raw.get("cart_id"), "cart_id")
-    items = tuple(_item(line) for line in line_items(raw.get("items")))
+    items = tuple(map(_item, line_items(raw.get("items"))))
     total = raw.get("total_value")
     created_at = timestamp(raw.get("created_at"), "created_at")
     last = raw.get("updated_at") or raw.get("abandoned_at")

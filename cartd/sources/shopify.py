@@ -49,7 +49,7 @@ _GRAPHQL_KEYS = ("firstName", "lastName", "emailMarketingConsent", "marketingSta
 _REST_KEYS = ("first_name", "last_name", "email_marketing_consent", "state")
 
 
-def _customer(value: Any, checkout: dict[str, Any], keys: tuple[str, ...]) -> Customer:
+def _customer(value: Any, checkout: dict[str, Any], keys: tuple[str, str, str, str]) -> Customer:
     first, last, consent, state = keys
     raw = {} if value is None else mapping(value, "customer")
     marketing = raw.get(consent)
@@ -71,7 +71,8 @@ def _shop_money(value: Any, what: str) -> dict[str, Any]:
 def _graphql_item(value: Any, cart_currency: str) -> Item:
     line = mapping(value, "line item")
     price = _shop_money(line.get("originalUnitPriceSet"), "line price")
-    if price.get("currencyCode") is not None and currency(price["currencyCode"]) != cart_currency:
+    code = price.get("currencyCode")
+    if code is not None and code != cart_currency and currency(code) != cart_currency:
         raise MalformedRecord("line currency differs from the cart currency")
     return Item(
         product_id=_node_gid(line.get("product")),
@@ -96,7 +97,7 @@ def normalise_graphql(node: Any) -> Cart:
     return Cart(
         cart_id=cart_id,
         customer=_customer(raw.get("customer"), raw, _GRAPHQL_KEYS),
-        items=tuple(_graphql_item(line, cart_currency) for line in line_items(nodes)),
+        items=tuple([_graphql_item(line, cart_currency) for line in line_items(nodes)]),
         currency=cart_currency,
         created_at=created_at,
         last_activity=created_at if updated is None else timestamp(updated, "updatedAt"),
@@ -128,7 +129,7 @@ def normalise_rest(checkout: Any) -> Cart:
     return Cart(
         cart_id=cart_id,
         customer=_customer(raw.get("customer"), raw, _REST_KEYS),
-        items=tuple(_rest_item(line) for line in line_items(raw.get("line_items"))),
+        items=tuple(map(_rest_item, line_items(raw.get("line_items")))),
         currency=currency(raw.get("currency") or raw.get("presentment_currency")),
         created_at=created_at,
         last_activity=created_at if updated is None else timestamp(updated, "updated_at"),

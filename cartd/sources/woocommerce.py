@@ -58,10 +58,10 @@ def _ref(value: Any) -> str | None:
 def _accepts_marketing(meta: Any) -> bool:
     if not isinstance(meta, list):
         return False
-    return any(
-        isinstance(entry, dict) and entry.get("key") in _CONSENT_KEYS and flag(entry.get("value"))
-        for entry in meta
-    )
+    for entry in meta:
+        if isinstance(entry, dict) and entry.get("key") in _CONSENT_KEYS:
+            return flag(entry.get("value"))
+    return False
 
 
 def _customer(order: dict[str, Any]) -> Customer:
@@ -95,7 +95,7 @@ def normalise(order: Any) -> Cart:
     return Cart(
         cart_id=cart_id,
         customer=_customer(raw),
-        items=tuple(_item(line) for line in line_items(raw.get("line_items"))),
+        items=tuple(map(_item, line_items(raw.get("line_items")))),
         currency=currency(raw.get("currency")),
         created_at=created_at,
         last_activity=last_activity,

@@ -1,0 +1,189 @@
+"""The control API of SPEC §6: HTTP/1.1 with JSON over a Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from aiohttp import web
+
+from cartd.store import DB_ERRORS
+
+if TYPE_CHECKING:
+    from cartd.daemon import Daemon
+
+MAX_BODY = 64 * 1024
+STATUSES = ("pending", "delivered", "dead")
+
+
+class SocketInUse(RuntimeError):
+    pass
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(type(value).__name__)
+
+
+def reply(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, default=_default), status=status,
+                        content_type="application/json")
+
+
+def error(message: str, status: int = 400) -> web.Response:
+    return reply({"error": message}, status)
+
+
+def parse_interval(text: str | None) -> float | None:
+    """`interval=S` with 1 <= S <= 86400; raises ValueError with the reason."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"interval must be a number of seconds, not {text!r}") from None
+    if not 1 <= value <= 86400:
+        raise ValueError("interval must be between 1 and 86400 seconds")
+    return value
+
+
+def parse_since(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"since must be an ISO 8601 time, not {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def build_app(daemon: Daemon) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/status")
+    @routes.get("/polling/status")
+    async def status(_: web.Request) -> web.Response:
+        return reply(await daemon.status())
+
+    @routes.post("/polling/start")
+    @routes.post("/polling/start-abandoned-cart")
+    async def start(request: web.Request) -> web.Response:
+        try:
+            interval = parse_interval(request.query.get("interval"))
+        except ValueError as exc:
+            return error(str(exc))
+        daemon.start_polling(interval)
+        return reply(await daemon.status())
+
+    @routes.post("/polling/stop")
+    async def stop(_: web.Request) -> web.Response:
+        daemon.stop_polling()
+        return reply(await daemon.status())
+
+    @routes.post("/polling/run-once")
+    @routes.post("/polling/abandoned-cart/test-once")
+    async def run_once(_: web.Request) -> web.Response:
+        summary = await daemon.run_once()
+        if summary is None:
+            return error(f"database unavailable: {daemon.database_error}", 503)
+        return reply(summary)
+
+    @routes.post("/reload")
+    async def reload(_: web.Request) -> web.Response:
+        problem = await daemon.reload()
+        if problem:
+            return error(problem)
+        return reply(await daemon.status())
+
+    @routes.get("/deliveries")
+    async def deliveries(request: web.Request) -> web.Response:
+        status_filter = request.query.get("status") or None
+        if status_filter is not None and status_filter not in STATUSES:
+            return error(f"status must be one of {', '.join(STATUSES)}")
+        try:
+            limit = int(request.query.get("limit", "50"))
+            if not 1 <= limit <= 1000:
+                raise ValueError
+        except ValueError:
+            return error("limit must be a whole number between 1 and 1000")
+        return reply(await daemon.store_call("list_deliveries", status_filter, limit))
+
+    @routes.post("/deliveries/replay")
+    async def replay_many(request: web.Request) -> web.Response:
+        if request.query.get("status", "dead") != "dead":
+            return error("only status=dead can be replayed in bulk")
+        try:
+            since = parse_since(request.query.get("since"))
+        except ValueError as exc:
+            return error(str(exc))
+        count = await daemon.store_call("replay_dead", since, daemon.clock())
+        daemon.wake_deliveries()
+        return reply({"replayed": count})
+
+    @routes.post("/deliveries/{id}/replay")
+    async def replay_one(request: web.Request) -> web.Response:
+        delivery_id = request.match_info["id"]
+        if not await daemon.store_call("replay", delivery_id, daemon.clock()):
+            return error(f"no delivery {delivery_id}", 404)
+        daemon.wake_deliveries()
+        return reply({"replayed": 1, "id": delivery_id})
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return error("request body too large", 413)
+        except web.HTTPNotFound:
+            return error(f"no such path: {request.path}", 404)
+        except web.HTTPMethodNotAllowed as exc:
+            return error(f"{request.method} is not allowed on {request.path}", exc.status)
+        except DB_ERRORS as exc:
+            return error(f"database unavailable: {exc}", 503)
+
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
+    app.add_routes(routes)
+    return app
+
+
+def claim_socket(path: Path) -> None:
+    """Remove a stale socket left by a dead daemon; refuse if a live one answers."""
+    if not path.exists() and not path.is_symlink():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        raise SocketInUse(f"control.socket {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise SocketInUse(f"control.socket {path} is in use: another cartd is running")
+
+
+async def start(daemon: Daemon, path: Path, mode: str) -> web.AppRunner:
+    claim_socket(path)
+    runner = web.AppRunner(build_app(daemon), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.UnixSite(runner, str(path))
+    previous = os.umask(0o777 & ~int(mode, 8))  # the socket is born with its mode
+    try:
+        await site.start()
+    finally:
+        os.umask(previous)
+    os.chmod(path, int(mode, 8))
+    return runner
