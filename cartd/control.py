@@ -117,7 +117,7 @@ def build_app(daemon: Daemon) -> web.Application:
                 raise ValueError
         except ValueError:
             return error("limit must be a whole number between 1 and 1000")
-        return reply(await daemon.store_call("list_deliveries", status_filter, limit))
+        return reply(await daemon.store.list_deliveries(status_filter, limit))
 
     @routes.post("/deliveries/replay")
     async def replay_many(request: web.Request) -> web.Response:
@@ -127,14 +127,14 @@ def build_app(daemon: Daemon) -> web.Application:
             since = parse_since(request.query.get("since"))
         except ValueError as exc:
             return error(str(exc))
-        count = await daemon.store_call("replay_dead", since, daemon.clock())
+        count = await daemon.store.replay_dead(since, daemon.clock())
         daemon.wake_deliveries()
         return reply({"replayed": count})
 
     @routes.post("/deliveries/{id}/replay")
     async def replay_one(request: web.Request) -> web.Response:
         delivery_id = request.match_info["id"]
-        if not await daemon.store_call("replay", delivery_id, daemon.clock()):
+        if not await daemon.store.replay(delivery_id, daemon.clock()):
             return error(f"no delivery {delivery_id}", 404)
         daemon.wake_deliveries()
         return reply({"replayed": 1, "id": delivery_id})

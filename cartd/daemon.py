@@ -22,6 +22,7 @@ from cartd.config import Config, ConfigError, load
 from cartd.delivery import Attempt, Deliverer
 from cartd.metrics import Metrics
 from cartd.poller import CycleSummary, Poller
+from cartd.sources import PLATFORMS
 from cartd.store import DB_ERRORS, Claimed, Store
 
 log = structlog.get_logger("cartd.daemon")
@@ -217,9 +218,6 @@ class Daemon:
             except TimeoutError:
                 pass
 
-    async def store_call(self, method: str, *args: Any) -> Any:
-        return await getattr(self.store, method)(*args)
-
     # --- polling ------------------------------------------------------------
 
     async def run_cycle(self, *, force: bool = False) -> tuple[CycleSummary, list[str]] | None:
@@ -321,7 +319,7 @@ class Daemon:
         m.last_success.set(time.time())
         m.agents_found.set(summary.agents_found)
         for (platform, outcome), n in summary.polls.items():
-            if platform in ("shopify", "woocommerce", "custom"):
+            if platform in PLATFORMS:  # an unknown platform would be an unbounded label
                 m.integration_polls.labels(platform, outcome).inc(n)
         for platform, n in summary.new_by_platform.items():
             m.carts_detected.labels(platform).inc(n)
