@@ -176,7 +176,6 @@ class Poller:
     async def _batch(self, agents: list[Any], config: Config, now: datetime,
                      summary: CycleSummary) -> list[NewDelivery]:
         summary.agents_found += len(agents)
-        jobs: list[_Job] = []
         candidates: list[tuple[Any, Rules, Integration]] = []
         for agent in agents:
             try:

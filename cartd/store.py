@@ -183,13 +183,6 @@ class Store:
             for r in rows
         ]
 
-    async def release_agents(self, agent_ids: list[UUID], instance: str) -> None:
-        await self.pool.execute(
-            "UPDATE cartd.agent_polls SET lease_until = NULL, claimed_by = NULL"
-            " WHERE agent_id = ANY($1) AND claimed_by = $2",
-            agent_ids, instance,
-        )
-
     async def source_states(self, integration_ids: list[UUID]) -> dict[UUID, SourceState]:
         rows = await self.pool.fetch(
             "SELECT integration_id, cursor, mock_epoch FROM cartd.sources"
@@ -281,11 +274,6 @@ class Store:
             instance, now, now + lease, limit,
         )
         return [Claimed(r["id"], r["url"], r["body"], r["attempts"], r["platform"]) for r in rows]
-
-    async def next_due(self) -> datetime | None:
-        return await self.pool.fetchval(
-            "SELECT min(next_attempt_at) FROM cartd.deliveries WHERE status = 'pending'"
-        )
 
     async def record_outcomes(self, outcomes: list[Outcome]) -> None:
         """Write a batch of attempt outcomes in one statement."""
