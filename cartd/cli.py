@@ -104,9 +104,9 @@ def _host_port(text: str) -> str:
     return text
 
 
-def _load(args: argparse.Namespace) -> tuple[Config, Path]:
+def _load(args: argparse.Namespace, *, secrets: bool = True) -> tuple[Config, Path]:
     path = resolve_path(args.config)
-    return load(path, missing_ok=args.config is None), path
+    return load(path, missing_ok=args.config is None, secrets=secrets), path
 
 
 async def _with_store(config: Config, work: Callable[[Store], Awaitable[Any]]) -> Any:
@@ -193,7 +193,7 @@ def _cmd_ctl(args: argparse.Namespace) -> int:
     method, path, params = _ctl_request(args)
     socket_path = args.socket
     if socket_path is None:
-        config, _ = _load(args)
+        config, _ = _load(args, secrets=False)
         socket_path = config.control.socket
 
     async def call() -> tuple[int, object]:

@@ -244,8 +244,11 @@ def _read_secret_file(path: str, key: str) -> str:
     return value
 
 
-def build(raw: Any, env: dict[str, str] | None = None) -> Config:
-    """Validate a parsed YAML document, apply the environment and secret files."""
+def build(raw: Any, env: dict[str, str] | None = None, *, secrets: bool = True) -> Config:
+    """Validate a parsed YAML document, apply the environment and secret files.
+
+    `secrets=False` skips the secret files, for commands that never use them (`ctl`)
+    and may run as a user who cannot read them."""
     env = os.environ if env is None else env
     if raw is None:
         raw = {}
@@ -255,6 +258,8 @@ def build(raw: Any, env: dict[str, str] | None = None) -> Config:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
+    if not secrets:
+        return config
     database, webhook = config.database, config.webhook
     dsn = database.dsn
     if database.dsn_file:
@@ -293,13 +298,14 @@ def resolve_path(explicit: str | None, env: dict[str, str] | None = None) -> Pat
     return DEFAULT_PATHS[-1]
 
 
-def load(path: Path, env: dict[str, str] | None = None, *, missing_ok: bool = True) -> Config:
+def load(path: Path, env: dict[str, str] | None = None, *, missing_ok: bool = True,
+         secrets: bool = True) -> Config:
     """Read and validate a config file; a missing default file means all defaults."""
     try:
         text = path.read_text()
     except FileNotFoundError:
         if missing_ok:
-            return build({}, env)
+            return build({}, env, secrets=secrets)
         raise ConfigError(f"config: {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
@@ -310,4 +316,4 @@ def load(path: Path, env: dict[str, str] | None = None, *, missing_ok: bool = Tr
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"config: {path}{where}: {problem}") from None
-    return build(raw, env)
+    return build(raw, env, secrets=secrets)

@@ -92,3 +92,15 @@ def test_demo_shows_signed_webhooks_from_all_three_platforms(tmp_path: Path):
         assert any(f" {platform} " in line for line in arrivals), platform
     assert any(line.startswith("cycle 2:") for line in lines)
     assert any(line.startswith("summary: 2 cycles") for line in lines)
+
+
+def test_ctl_finds_the_socket_without_reading_secret_files(tmp_path: Path):
+    config = tmp_path / "cartd.yaml"
+    config.write_text(yaml.safe_dump({
+        "control": {"socket": str(tmp_path / "absent.sock")},
+        "webhook": {"secret_file": "/run/credentials/cartd.service/unreadable"},
+    }))
+    result = cartd("--config", str(config), "ctl", "status")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"cartd: cannot reach the daemon at {tmp_path / 'absent.sock'}: ")
