@@ -23,6 +23,7 @@ log = structlog.get_logger("cartd.delivery")
 LEASE_MARGIN = timedelta(seconds=10)
 IDLE_WAIT = 1.0
 RETRYABLE = {408, 425, 429}
+MAX_ANSWER = 64 * 1024  # bytes of a receiver's answer worth reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +180,10 @@ class Deliverer:
             **signer.headers(row.id, int(time.time()), row.body),
         }
         try:
-            async with self._session.post(
+            async with asyncio.timeout(config.webhook.timeout), self._session.post(
                 url, data=row.body, headers=headers, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=config.webhook.timeout),
             ) as response:
-                await response.content.read(4096)
+                await _drain_body(response)  # the whole answer counts against the timeout
                 code = response.status
                 error = None if 200 <= code < 300 else f"HTTP {code} {response.reason or ''}".strip()
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"), self.clock())
@@ -193,3 +193,13 @@ class Deliverer:
             return Attempt("timeout", None, f"no answer within {config.webhook.timeout:g}s")
         except aiohttp.ClientError as exc:
             return Attempt("error", None, f"{type(exc).__name__}: {exc}"[:500])
+
+
+async def _drain_body(response: aiohttp.ClientResponse) -> None:
+    """Read the answer to its end (bounded): a response cut short is a connection error,
+    not a success."""
+    read = 0
+    async for chunk in response.content.iter_chunked(16384):
+        read += len(chunk)
+        if read > MAX_ANSWER:
+            return

@@ -1,0 +1,200 @@
+"""Faults injected into real parts (issue 7): after each, every cart is delivered,
+dead-lettered with a reason, or deliberately filtered; none twice except the documented
+case (a 2xx cartd never saw), which carries the same webhook-id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from aiohttp import web
+
+from cartd.delivery import Deliverer
+from cartd.poller import Poller
+from cartd.signing import Signer
+from cartd.store import Store
+from helpers import ROOT, SLUG, Clock, add_agents, config, wait_until
+from test_delivery import SECRET, enqueue, row
+
+pytestmark = pytest.mark.reliability
+
+
+async def serve(handler) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"
+
+
+async def deliver_until(store: Store, clock: Clock, cfg, done, timeout: float = 30) -> None:
+    """Run a Deliverer, moving the clock past each retry, until `done()` holds."""
+    deliverer = Deliverer(store, lambda: cfg, instance_id="r-1", clock=clock)
+    task = asyncio.create_task(deliverer.run())
+
+    async def progressed() -> bool:
+        if await done():
+            return True
+        if not await store.pool.fetchval(
+                "SELECT count(*) FROM cartd.deliveries WHERE lease_until IS NOT NULL"):
+            clock.advance(minutes=1)  # nothing in flight: bring the next retry due
+            deliverer.wake()
+        return False
+
+    try:
+        await wait_until(progressed, timeout=timeout, interval=0.1)
+    finally:
+        deliverer.stop()
+        await asyncio.wait_for(task, 20)
+
+
+@pytest.mark.parametrize("fault", ["reset", "slow_body", "late_2xx"])
+async def test_receiver_faults_are_retried_and_end_delivered(store, fault):
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers["webhook-id"])
+        await request.read()
+        if len(seen) == 1 and fault == "reset":
+            request.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
+            request.transport.close()
+            return web.Response()
+        if len(seen) == 1 and fault == "slow_body":
+            response = web.StreamResponse(status=200)
+            await response.prepare(request)
+            for _ in range(20):
+                await response.write(b" ")
+                await asyncio.sleep(0.1)
+            return response
+        if len(seen) == 1 and fault == "late_2xx":
+            await asyncio.sleep(1.5)
+        return web.json_response({"ok": True})
+
+    runner, url = await serve(handler)
+    clock = Clock()
+    [delivery_id] = await enqueue(store, clock)
+    cfg = config(webhook={"url": url, "secret": SECRET, "timeout": "500ms"})
+    try:
+        await deliver_until(store, clock, cfg,
+                            lambda: _status(store, delivery_id, "delivered"))
+    finally:
+        await runner.cleanup()
+    state = await row(store, delivery_id)
+    assert state["attempts"] == 2
+    assert seen == [delivery_id, delivery_id]  # a repeat keeps its webhook-id
+
+
+async def _status(store: Store, delivery_id: str, status: str) -> bool:
+    return (await row(store, delivery_id))["status"] == status
+
+
+async def test_10000_carts_through_a_receiver_failing_30_percent(store):
+    rng = random.Random(7)
+    accepted: Counter[str] = Counter()
+    carts: Counter[tuple[str, str]] = Counter()
+
+    async def flaky(request: web.Request) -> web.Response:
+        body = await request.read()
+        if rng.random() < 0.3:
+            return web.Response(status=rng.choice([500, 502, 503]))
+        Signer((SECRET,)).verify(dict(request.headers), body)
+        payload = json.loads(body)
+        accepted[request.headers["webhook-id"]] += 1
+        for cart in payload["abandoned_carts"]:
+            carts[(payload["integration"]["id"], cart["cart_id"])] += 1
+        return web.json_response({"ok": True})
+
+    await add_agents(store, 90)
+    runner, url = await serve(flaky)
+    clock = Clock()
+    cfg = config(webhook={"url": url, "secret": SECRET, "max_carts_per_payload": 10,
+                          "concurrency": 64, "retry_schedule": ["1s"] * 30,
+                          "breaker_failures": 1000})
+    try:
+        summary, _ = await Poller(store, lambda: cfg, instance_id="p", clock=clock).run_cycle()
+        assert summary.carts_new >= 10_000
+        await deliver_until(store, clock, cfg, lambda: _none_pending(store), timeout=120)
+    finally:
+        await runner.cleanup()
+    recorded = await store.pool.fetch("SELECT integration_id, cart_id FROM cartd.sent_carts")
+    assert set(carts) == {(str(r["integration_id"]), r["cart_id"]) for r in recorded}
+    assert max(carts.values()) == 1 and max(accepted.values()) == 1
+    assert (await store.delivery_counts())["dead"] == 0
+
+
+async def _none_pending(store: Store) -> bool:
+    return (await store.delivery_counts())["pending"] == 0
+
+
+async def bad_agent(store: Store, settings, platform: str, integration_config) -> uuid.UUID:
+    company, agent, integration = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await store.seed_demo([(company, "Odd Co", None, None, None)],
+                          [(agent, company, "Odd agent", SLUG, True, settings)],
+                          [(integration, agent, platform, True, integration_config)])
+    return integration
+
+
+async def test_bad_rows_fail_alone_and_are_counted(store):
+    await add_agents(store, 3)
+    null_config = await bad_agent(store, {}, "shopify", {})
+    await store.pool.execute("UPDATE agent_integrations SET config = 'null'::jsonb WHERE id = $1",
+                             null_config)  # JSON null: treated as {}
+    await bad_agent(store, {}, "shopify", "a string")
+    await bad_agent(store, {}, "magento", {"mode": "mock"})
+    await bad_agent(store, {}, "custom", {"mode": "sometimes"})
+    await bad_agent(store, [1, 2], "custom", {"mode": "mock"})
+    await bad_agent(store, {"min_value": "lots"}, "custom", {"mode": "mock"})
+    summary, _ = await Poller(store, config, instance_id="p", clock=Clock()).run_cycle()
+    assert summary.agents_found == 9
+    assert summary.integrations_processed == 4
+    assert summary.integration_errors == 5
+    delivered = {json.loads(r["body"])["integration"]["platform"] for r in
+                 await store.pool.fetch("SELECT body FROM cartd.deliveries")}
+    assert delivered == {"shopify", "woocommerce", "custom"}
+
+
+def test_cartd_receiver_rejects_a_tampered_signature(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cartd", "receiver", "--listen", f"127.0.0.1:{port}",
+         "--secret", SECRET], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        body = b'{"type":"abandoned_cart.detected","abandoned_carts":[]}'
+        headers = Signer((SECRET,)).headers("msg_1", int(time.time()), body)
+        answers = asyncio.run(_post_twice(port, body, headers))
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=10)[0]
+    assert answers == [200, 401]
+    assert "REJECTED" in output
+
+
+async def _post_twice(port: int, body: bytes, headers: dict[str, str]) -> list[int]:
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/webhook"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            try:
+                async with session.get(url):
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        answers = []
+        for payload in (body, body.replace(b"[]", b"[1]")):
+            async with session.post(url, data=payload, headers=headers) as response:
+                answers.append(response.status)
+    return answers
