@@ -8,14 +8,14 @@ from typing import Any
 from uuid import UUID
 
 from cartd.config import Config
-from cartd.sources.model import Cart
+from cartd.sources.http import close
+from cartd.sources.live import fetch_live
+from cartd.sources.model import Cart, IntegrationError
+
+__all__ = ["PLATFORMS", "Fetched", "Integration", "IntegrationError", "close", "fetch"]
 
 PLATFORMS = ("shopify", "woocommerce", "custom")
 FIRST_POLL_HISTORY = timedelta(hours=24)
-
-
-class IntegrationError(Exception):
-    """One integration failed; the rest of the cycle goes on. Never carries a secret."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,11 @@ async def fetch(
     integration: Integration, *, config: Config, since: datetime | None,
     mock_epoch: datetime | None, now: datetime,
 ) -> Fetched:
-    """The integration's carts updated after `since` (None: everything it holds)."""
+    """The integration's carts updated after `since`.
+
+    With no `since` (the first poll), a mock store returns everything it holds and a live
+    store what changed within `carts.max_age`: older carts are never abandoned ones.
+    """
     if integration.mode == "mock":
         from cartd.sources.mock import mock_carts
 
@@ -61,4 +65,7 @@ async def fetch(
             integration.platform, str(integration.id), epoch, since, now, config.platforms.mock
         )
         return Fetched(carts, malformed, epoch)
-    raise IntegrationError(f"live mode for {integration.platform} is not available in this version")
+    start = since or now - timedelta(seconds=config.carts.max_age)
+    carts, malformed = await fetch_live(integration.platform, integration.config, config, start,
+                                        incremental=since is not None)
+    return Fetched(carts, malformed, None)

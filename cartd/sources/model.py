@@ -15,6 +15,10 @@ _MINOR_UNITS = {
 }
 
 
+class IntegrationError(Exception):
+    """One integration failed; the rest of the cycle goes on. Never carries a secret."""
+
+
 class MalformedRecord(ValueError):
     """A store record that cannot be turned into a cart; it is skipped and counted."""
 

@@ -1,0 +1,238 @@
+"""Whole cycles against live stores on the fake-store server: the Poller fetches and
+records, the Deliverer posts to a receiver. These are issue 4's "Done means"."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from cartd import sources
+from cartd.delivery import Deliverer
+from cartd.poller import Poller
+from cartd.store import Store
+from fakestore import CONSUMER_SECRET, CUSTOM_TOKEN, TOKEN, FakeStore, Shop, fake_store, make_carts
+from helpers import Clock, Scripted, add_agents, config, scripted_receiver, wait_until
+
+DETECTED, RECOVERED = "abandoned_cart.detected", "abandoned_cart.recovered"
+
+
+@pytest.fixture(autouse=True)
+async def shared_session() -> AsyncIterator[None]:
+    yield
+    await sources.close()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeStore]:
+    async with fake_store() as server:
+        yield server
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Scripted]:
+    async with scripted_receiver() as scripted:
+        yield scripted
+
+
+async def live_integration(store: Store, platform: str, settings: dict[str, Any]) -> uuid.UUID:
+    data = await add_agents(store, 1, platforms=(platform,), integration_config=settings)
+    return next(iter(data.integrations))
+
+
+class Cycle:
+    """Polls with a Poller, then delivers what it enqueued to the receiver."""
+
+    def __init__(self, store: Store, receiver: Scripted, clock: Clock) -> None:
+        self.store, self.receiver, self.clock = store, receiver, clock
+        self.cfg = config(webhook={"url": receiver.url})
+
+    def poller(self, instance: str = "poller-1") -> Poller:
+        return Poller(self.store, lambda: self.cfg, instance_id=instance, clock=self.clock)
+
+    async def run(self, poller: Poller | None = None) -> Any:
+        summary, ids = await (poller or self.poller()).run_cycle(force=True)
+        expected = len(self.receiver.requests) + len(ids)
+        deliverer = Deliverer(self.store, lambda: self.cfg, instance_id="deliverer-1",
+                              clock=self.clock)
+        task = asyncio.create_task(deliverer.run())
+        try:
+            await wait_until(lambda: len(self.receiver.requests) >= expected)
+        finally:
+            deliverer.stop()
+            await asyncio.wait_for(task, 10)
+        return summary
+
+    def carts(self, event: str = DETECTED) -> list[tuple[str, dict[str, Any]]]:
+        """(integration id, cart) of every delivered cart of that event type."""
+        out = []
+        for _, raw in self.receiver.requests:
+            body = json.loads(raw, parse_float=Decimal)
+            if body["type"] == event:
+                out += [(body["integration"]["id"], cart) for cart in body["abandoned_carts"]]
+        return out
+
+
+def delivered_ids(cycle: Cycle, integration: uuid.UUID, event: str = DETECTED) -> list[str]:
+    return [cart["cart_id"] for iid, cart in cycle.carts(event) if iid == str(integration)]
+
+
+def shop_ids(shop: Shop, platform: str) -> list[str]:
+    prefix = "c" if platform == "custom" else ""
+    return [f"{prefix}{c.number}" for c in shop.carts]
+
+
+async def test_every_platform_delivers_each_abandoned_cart_once_with_exact_totals(
+    store, fake, receiver
+):
+    clock = Clock()
+    now = clock.now
+    shops = {
+        "graphql": (fake.add("graphql", make_carts(3, now, first=100, fresh=1, completed=1)),
+                    "shopify", fake.shopify("graphql"), 2),
+        "rest": (fake.add("rest", make_carts(4, now, first=200, fresh=1, completed=1)),
+                 "shopify", fake.shopify("rest", api="rest"), 2),
+        "woo": (fake.add("woo", make_carts(6, now, first=300, fresh=1, completed=1)),
+                "woocommerce", fake.woocommerce("woo"), 3),
+        "custom": (fake.add("custom", make_carts(4, now, first=400, fresh=1, completed=1)),
+                   "custom", fake.custom("custom"), 2),
+    }
+    integrations = {name: await live_integration(store, platform, settings)
+                    for name, (_, platform, settings, _) in shops.items()}
+    cycle = Cycle(store, receiver, clock)
+    summary = await cycle.run()
+    assert summary.integration_errors == 0 and summary.integrations_processed == 4
+
+    for name, (shop, platform, _, pages) in shops.items():
+        assert len(shop.requests) == pages, name
+        by_id = dict(zip(shop_ids(shop, platform), shop.carts))
+        sent = delivered_ids(cycle, integrations[name])
+        abandoned = [cid for cid, c in by_id.items()
+                     if c.completed is None and now - c.updated > timedelta(hours=1)]
+        assert sorted(sent) == sorted(abandoned) and len(abandoned) == len(shop.carts) - 2, name
+        for iid, cart in cycle.carts():
+            if iid == str(integrations[name]):
+                assert cart["total_value"] == by_id[cart["cart_id"]].value
+                for item in cart["items"]:
+                    assert item["line_total"] == item["unit_price"] * item["quantity"]
+    for _, raw in receiver.requests:
+        body = json.loads(raw, parse_float=Decimal)
+        assert body["integration"]["mode"] == "live"
+        analytics = body["recovery_analytics"]
+        assert analytics["total_value"] == sum(c["total_value"] for c in body["abandoned_carts"])
+    assert summary.recovery_value == {"USD": sum(
+        (c.value for shop, *_ in shops.values() for c in shop.carts
+         if c.completed is None and now - c.updated > timedelta(hours=1)), Decimal(0))}
+
+    clock.advance(minutes=30)
+    again = await cycle.run()
+    assert again.carts_new == 0 and again.integration_errors == 0
+    assert len(cycle.carts()) == sum(len(s.carts) - 2 for s, *_ in shops.values())
+
+
+async def test_a_429_is_waited_out_and_a_401_store_fails_alone(store, fake, receiver):
+    clock = Clock()
+    slow = fake.add("slow", make_carts(2, clock.now, first=100))
+    slow.faults.append((429, {"Retry-After": "1"}, {"errors": "Exceeded 2 calls per second"}))
+    throttled = fake.add("throttled", make_carts(2, clock.now, first=200))
+    throttled.faults.append((200, {}, {"errors": [{"message": "Throttled",
+                                                    "extensions": {"code": "THROTTLED"}}],
+                                       "extensions": {"cost": {
+                                           "requestedQueryCost": 52, "throttleStatus": {
+                                               "maximumAvailable": 2000, "currentlyAvailable": 2,
+                                               "restoreRate": 100}}}}))
+    fake.add("locked", make_carts(2, clock.now, first=300))
+    fake.add("denied", make_carts(2, clock.now, first=400))
+    slow_id = await live_integration(store, "shopify", fake.shopify("slow", api="rest"))
+    throttled_id = await live_integration(store, "shopify", fake.shopify("throttled"))
+    await live_integration(store, "woocommerce", fake.woocommerce("locked", secret="cs_wrong_secret"))
+    await live_integration(store, "shopify", fake.shopify("denied", token="shpat_wrong_token"))
+    cycle = Cycle(store, receiver, clock)
+    started = time.monotonic()
+    with capture_logs() as logs:
+        summary = await cycle.run()
+    assert time.monotonic() - started >= 1.0
+    assert summary.integration_errors == 2 and summary.integrations_processed == 2
+    assert sorted(delivered_ids(cycle, slow_id)) == ["100", "101"]
+    assert sorted(delivered_ids(cycle, throttled_id)) == ["200", "201"]
+    assert len(slow.requests) == 2 and len(throttled.requests) == 2
+    failures = [entry for entry in logs if entry["event"] == "integration_failed"]
+    assert sorted(entry["platform"] for entry in failures) == ["shopify", "woocommerce"]
+    text = json.dumps(logs, default=str)
+    assert "HTTP 401" in text and "woocommerce_rest_cannot_view" in text
+    for secret in (TOKEN, CONSUMER_SECRET, CUSTOM_TOKEN, "cs_wrong_secret", "shpat_wrong_token"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize("platform, api", [
+    ("shopify", "graphql"), ("shopify", "rest"), ("woocommerce", None), ("custom", None),
+])
+async def test_a_delivered_cart_that_completes_sends_one_recovered_event(
+    store, fake, receiver, platform, api
+):
+    clock = Clock()
+    shop = fake.add("s", make_carts(3, clock.now, first=500))
+    settings = {"shopify": lambda: fake.shopify("s", api=api or "graphql"),
+                "woocommerce": lambda: fake.woocommerce("s"),
+                "custom": lambda: fake.custom("s")}[platform]()
+    integration = await live_integration(store, platform, settings)
+    cycle = Cycle(store, receiver, clock)
+    await cycle.run()
+    assert len(delivered_ids(cycle, integration)) == 3
+
+    clock.advance(minutes=20)
+    shop.complete(501, clock.now)
+    clock.advance(hours=1)
+    summary = await cycle.run()
+    assert summary.carts_recovered == 1
+    clock.advance(hours=1)
+    await cycle.run()
+    recovered = [cart for iid, cart in cycle.carts(RECOVERED) if iid == str(integration)]
+    assert [cart["cart_id"] for cart in recovered] == [shop_ids(shop, platform)[1]]
+    assert recovered[0]["recovered_at"].endswith("Z")
+    assert len(delivered_ids(cycle, integration)) == 3
+    if platform == "woocommerce":
+        assert shop.statuses_seen[0] == "pending,failed,checkout-draft"
+        assert shop.statuses_seen[-1] == "pending,failed,checkout-draft,processing,completed"
+
+
+async def test_a_crash_between_fetching_and_recording_rereads_the_same_carts(
+    store, fake, receiver, monkeypatch
+):
+    clock = Clock()
+    shop = fake.add("s", make_carts(2, clock.now, first=600))
+    integration = await live_integration(store, "shopify", fake.shopify("s"))
+    cycle = Cycle(store, receiver, clock)
+    await cycle.run()
+    assert sorted(delivered_ids(cycle, integration)) == ["600", "601"]
+
+    clock.advance(hours=2)
+    shop.carts += make_carts(2, clock.now, first=700)
+    record = store.record
+    calls = 0
+
+    async def crash_once(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("the process died here")
+        return await record(**kwargs)
+
+    monkeypatch.setattr(store, "record", crash_once)
+    with pytest.raises(ConnectionError):
+        await cycle.poller("dies").run_cycle(force=True)
+    assert await store.pool.fetchval("SELECT count(*) FROM cartd.deliveries") == 1
+
+    clock.advance(minutes=2)  # the dead instance's lease runs out
+    await cycle.run(cycle.poller("restarted"))
+    assert sorted(delivered_ids(cycle, integration)) == ["600", "601", "700", "701"]
+    crashed, restarted = (r["json"]["variables"]["q"] for r in shop.requests[-2:])
+    assert crashed == restarted  # the cursor did not move past the lost carts

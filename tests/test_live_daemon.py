@@ -1,0 +1,87 @@
+"""`cartd run` as a real subprocess polling live stores on the fake-store server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import yaml
+
+from fakestore import CONSUMER_SECRET, CUSTOM_TOKEN, TOKEN, fake_store, make_carts
+from helpers import ROOT, Scripted, add_agents, scripted_receiver, wait_until
+
+
+@asynccontextmanager
+async def daemon(tmp_path: Path, dsn: str, url: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    config = tmp_path / "cartd.yaml"
+    config.write_text(yaml.safe_dump({
+        "state_dir": str(tmp_path / "var"), "database": {"dsn": dsn},
+        "polling": {"interval": "1s"}, "webhook": {"url": url},
+        "control": {"socket": str(tmp_path / "cartd.sock")}, "metrics": {"listen": ""},
+        "logging": {"format": "json"}, "shutdown_timeout": "5s",
+    }))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cartd", "--config", str(config), "run", cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=(tmp_path / "cartd.log").open("ab"),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def received(receiver: Scripted, event: str) -> list[tuple[str, str, Decimal]]:
+    out = []
+    for _, raw in receiver.requests:
+        body = json.loads(raw, parse_float=Decimal)
+        if body["type"] == event:
+            out += [(body["integration"]["platform"], c["cart_id"], c["total_value"])
+                    for c in body["abandoned_carts"]]
+    return out
+
+
+async def test_the_daemon_delivers_live_carts_and_their_recovery(store, dsn, tmp_path):
+    now = datetime.now(UTC)
+    async with fake_store() as fake, scripted_receiver() as receiver:
+        shops = {name: fake.add(name, make_carts(4, now, first=first, fresh=1, completed=1))
+                 for name, first in (("g", 100), ("r", 200), ("w", 300), ("c", 400))}
+        for platform, settings in (("shopify", fake.shopify("g")),
+                                   ("shopify", fake.shopify("r", api="rest")),
+                                   ("woocommerce", fake.woocommerce("w")),
+                                   ("custom", fake.custom("c"))):
+            await add_agents(store, 1, platforms=(platform,), integration_config=settings)
+        async with daemon(tmp_path, dsn, receiver.url) as process:
+            await wait_until(lambda: len(received(receiver, "abandoned_cart.detected")) >= 16,
+                             timeout=30)
+            shops["g"].complete(101, datetime.now(UTC))
+            shops["w"].complete(302, datetime.now(UTC))
+            await wait_until(lambda: len(received(receiver, "abandoned_cart.recovered")) >= 2,
+                             timeout=30)
+            await asyncio.sleep(2)  # a few more cycles: nothing is sent twice
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 10) == 0
+    detected = received(receiver, "abandoned_cart.detected")
+    expected = {(platform, f"{'c' if name == 'c' else ''}{cart.number}", cart.value)
+                for name, platform in (("g", "shopify"), ("r", "shopify"), ("w", "woocommerce"),
+                                       ("c", "custom"))
+                for cart in shops[name].carts[:4]}
+    assert sorted(detected) == sorted(expected)
+    assert sorted(received(receiver, "abandoned_cart.recovered")) == [
+        ("shopify", "101", shops["g"].carts[1].value),
+        ("woocommerce", "302", shops["w"].carts[2].value),
+    ]
+    log = (tmp_path / "cartd.log").read_text()
+    assert "cycle_finished" in log
+    for secret in (TOKEN, CONSUMER_SECRET, CUSTOM_TOKEN):
+        assert secret not in log
