@@ -10,14 +10,14 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from cartd import __version__, control, embedded, logs, notify
+from cartd import __version__, control, embedded, logs, notify, sources
 from cartd.config import Config, ConfigError, load
 from cartd.delivery import Attempt, Deliverer
 from cartd.metrics import Metrics
@@ -28,6 +28,7 @@ from cartd.store import DB_ERRORS, Claimed, Store
 log = structlog.get_logger("cartd.daemon")
 
 HEALTH_EVERY = 2.0
+RETENTION_EVERY = 300.0  # seconds between retention sweeps
 RUN_ONCE_WAIT = 30.0
 # Changing these needs a restart; a reload keeps the running value.
 RESTART_KEYS = (("control", "socket"), ("control", "socket_mode"), ("metrics", "listen"),
@@ -103,7 +104,8 @@ class Daemon:
         try:
             await self._open_store()
             self.deliverer = Deliverer(self.store, self.config, instance_id=self.instance_id,
-                                       clock=self.clock, on_outcome=self._count_attempt)
+                                       clock=self.clock, on_outcome=self._count_attempt,
+                                       on_breakers=self.metrics.breaker_open.set)
             self.poller = Poller(self.store, self.config, instance_id=self.instance_id,
                                  clock=self.clock, on_enqueued=lambda _: self.deliverer.wake())
             await self._start_servers()
@@ -118,6 +120,7 @@ class Daemon:
                 tasks.create_task(self._poll_loop())
                 tasks.create_task(self.deliverer.run())
                 tasks.create_task(self._health_loop())
+                tasks.create_task(self._retention_loop())
                 interval = notify.watchdog_interval()
                 if interval:
                     tasks.create_task(self._watchdog(interval))
@@ -170,6 +173,7 @@ class Daemon:
             await runner.cleanup()
         if self._runners:
             self._socket.unlink(missing_ok=True)
+        await sources.close()
         if self.store is not None:
             try:
                 await self.store.release_deliveries(self.instance_id)
@@ -217,6 +221,32 @@ class Daemon:
                 await asyncio.wait_for(self.stopping.wait(), HEALTH_EVERY)
             except TimeoutError:
                 pass
+
+    async def _retention_loop(self) -> None:
+        """Purge finished deliveries older than `retention` and, later, the dedupe memory
+        (kept for the longer of `retention` and `carts.max_age`, so a cart still young
+        enough to be found again is never sent twice)."""
+        delay = HEALTH_EVERY
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), delay)
+                return
+            except TimeoutError:
+                pass
+            if self.database_error is not None:
+                continue
+            config, now = self._config, self.clock()
+            keep = timedelta(seconds=config.retention)
+            try:
+                deliveries, carts = await self.store.purge(
+                    payloads_before=now - keep,
+                    carts_before=now - max(keep, timedelta(seconds=config.carts.max_age)))
+            except DB_ERRORS as exc:
+                self._database_down(exc)
+                continue
+            delay = RETENTION_EVERY
+            if deliveries or carts:
+                log.info("retention_purged", deliveries=deliveries, sent_carts=carts)
 
     # --- polling ------------------------------------------------------------
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -75,8 +77,72 @@ def decide(
     return "pending", now + timedelta(seconds=delay)
 
 
+def destination(url: str) -> str:
+    """`scheme://host:port` of a URL: what breakers and fair shares are kept for."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    except ValueError:  # a port out of range: the attempt fails as a connection error
+        port = 0
+    return f"{parts.scheme}://{parts.hostname}:{port}"
+
+
+def failed(attempt: Attempt) -> bool:
+    """Whether an attempt counts against its destination's breaker: anything but a 2xx or
+    a 4xx that rejects the payload (the receiver is up and answering)."""
+    if attempt.result == "4xx":
+        return attempt.http_status in RETRYABLE
+    return attempt.result != "2xx"
+
+
+class Breakers:
+    """Circuit breakers per destination (SPEC §2), in this instance's memory: each
+    instance judges a destination by its own attempts, so a dead instance leaves no open
+    breaker behind and no attempt waits on a database write. With N instances an open
+    destination gets up to N probes per `webhook.breaker_probe`."""
+
+    def __init__(self) -> None:
+        self._failures: Counter[str] = Counter()  # consecutive failed attempts
+        self._probe_at: dict[str, datetime] = {}  # open breakers: when the next probe may go
+        self._probing: set[str] = set()
+
+    def open_count(self) -> int:
+        return len(self._probe_at)
+
+    def is_open(self, dest: str) -> bool:
+        return dest in self._probe_at
+
+    def failing(self, dest: str) -> bool:
+        return self._failures[dest] > 0
+
+    def blocked(self, dest: str, now: datetime) -> bool:
+        """Open, with its probe in flight or not yet due."""
+        return dest in self._probing or (dest in self._probe_at and now < self._probe_at[dest])
+
+    def admit(self, dest: str) -> None:
+        """An attempt to `dest` starts: while open, it is the probe."""
+        if dest in self._probe_at:
+            self._probing.add(dest)
+
+    def record(self, dest: str, failure: bool, now: datetime, config: Config) -> str | None:
+        """Count an attempt's result; returns "opened" or "closed" when the breaker turns."""
+        self._probing.discard(dest)
+        if not failure:
+            self._failures.pop(dest, None)
+            return "closed" if self._probe_at.pop(dest, None) is not None else None
+        self._failures[dest] += 1
+        if dest in self._probe_at or self._failures[dest] >= config.webhook.breaker_failures:
+            opened = dest not in self._probe_at
+            self._probe_at[dest] = now + timedelta(seconds=config.webhook.breaker_probe)
+            return "opened" if opened else None
+        return None
+
+
 class Deliverer:
-    """Keeps at most `webhook.concurrency` attempts in flight."""
+    """Keeps at most `webhook.concurrency` attempts in flight. A destination starts at
+    most half of them while another has work due; it may take the rest only when it
+    answers well and nothing else is due. None start to a destination whose breaker is
+    open, except its probe."""
 
     def __init__(
         self,
@@ -86,12 +152,18 @@ class Deliverer:
         instance_id: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_outcome: Callable[[Claimed, Attempt, str], None] = lambda *_: None,
+        on_breakers: Callable[[int], None] = lambda _: None,
     ) -> None:
         self.store = store
         self.config = config
         self.instance_id = instance_id
         self.clock = clock
         self.on_outcome = on_outcome
+        self.on_breakers = on_breakers
+        self.breakers = Breakers()
+        self._busy: Counter[str] = Counter()  # attempts in flight per destination
+        self._urls: dict[str, set[str]] = {}  # the URLs seen for each destination
+        self._attempting: set[str] = set()  # ids of the deliveries in flight
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -124,22 +196,64 @@ class Deliverer:
 
     async def _fill(self) -> None:
         config = self.config()
-        free = config.webhook.concurrency - len(self._inflight)
-        if free <= 0:
-            return
-        try:
-            claimed = await self.store.claim_deliveries(
-                instance=self.instance_id, now=self.clock(),
-                lease=timedelta(seconds=config.webhook.timeout) + LEASE_MARGIN, limit=free,
-            )
-        except DB_ERRORS as exc:
-            log.debug("delivery_claim_failed", error=str(exc))  # the health loop reports it
-            return
+        concurrency = config.webhook.concurrency
+        share = max(1, concurrency // 2)
+        if await self._claim_round(config, lambda _: share):
+            # Nobody else waits: a destination that answers well may use every free slot.
+            await self._claim_round(
+                config, lambda dest: share if self.breakers.failing(dest) else concurrency)
+
+    async def _claim_round(self, config: Config, cap: Callable[[str], int]) -> bool:
+        """Claim and start due deliveries while slots are free, each destination up to
+        `cap(destination)` in flight; True when due work ran out before the free slots."""
+        lease = timedelta(seconds=config.webhook.timeout) + LEASE_MARGIN
         signer = Signer(config.webhook.secrets)
-        for row in claimed:
-            task = asyncio.create_task(self._deliver(row, config, signer))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+        while (free := config.webhook.concurrency - len(self._inflight)) > 0:
+            now = self.clock()
+            full = [url for dest, urls in self._urls.items()
+                    if self._allowance(dest, now, cap) <= 0 for url in urls]
+            try:
+                claimed = await self.store.claim_deliveries(
+                    instance=self.instance_id, now=now, lease=lease, limit=free,
+                    default_url=config.webhook.url, exclude=full,
+                )
+            except DB_ERRORS as exc:
+                log.debug("delivery_claim_failed", error=str(exc))  # the health loop reports it
+                return False
+            surplus = []
+            for row in claimed:
+                if row.id in self._attempting:  # reclaimed with the clock past our lease
+                    continue
+                url = row.url or config.webhook.url
+                dest = destination(url)
+                self._urls.setdefault(dest, set()).add(url)
+                if self._allowance(dest, now, cap) <= 0:
+                    surplus.append(row.id)
+                    continue
+                self.breakers.admit(dest)
+                self._busy[dest] += 1
+                task = asyncio.create_task(self._deliver(row, dest, config, signer))
+                self._inflight.add(task)
+                self._attempting.add(row.id)
+                task.add_done_callback(self._inflight.discard)
+                task.add_done_callback(lambda _, done=row.id: self._attempting.discard(done))
+            if surplus:
+                await self._unclaim(surplus)
+            if len(claimed) < free:
+                return True
+        return False
+
+    def _allowance(self, dest: str, now: datetime, cap: Callable[[str], int]) -> int:
+        """How many more attempts to `dest` may start now."""
+        if self.breakers.is_open(dest):
+            return 0 if self.breakers.blocked(dest, now) else 1 - self._busy[dest]
+        return cap(dest) - self._busy[dest]
+
+    async def _unclaim(self, ids: list[str]) -> None:
+        try:
+            await self.store.unclaim(self.instance_id, ids)
+        except DB_ERRORS as exc:
+            log.debug("delivery_unclaim_failed", error=str(exc))  # their lease runs out
 
     async def _drain(self) -> None:
         timeout = self.config().shutdown_timeout
@@ -151,11 +265,15 @@ class Deliverer:
         if self._session is not None:
             await self._session.close()
 
-    async def _deliver(self, row: Claimed, config: Config, signer: Signer) -> None:
-        started = time.monotonic()
-        attempt = await self._post(row, config, signer)
-        attempt = replace(attempt, seconds=time.monotonic() - started)
-        now = self.clock()
+    async def _deliver(self, row: Claimed, dest: str, config: Config, signer: Signer) -> None:
+        try:
+            started = time.monotonic()
+            attempt = await self._post(row, config, signer)
+            attempt = replace(attempt, seconds=time.monotonic() - started)
+            now = self.clock()
+            self._count(dest, attempt, now, config)
+        finally:
+            self._busy[dest] -= 1
         status, next_at = decide(attempt, row.attempts, config, now)
         self.on_outcome(row, attempt, status)
         log.info("delivery_attempt", delivery_id=row.id, attempt=row.attempts + 1,
@@ -164,11 +282,25 @@ class Deliverer:
         outcome = Outcome(row.id, status, attempt.http_status, attempt.error, next_at, now)
         while True:
             try:
-                await self.store.record_outcomes([outcome])
-                return
+                written = await self.store.record_outcomes([outcome], self.instance_id)
+                break
             except DB_ERRORS as exc:
                 log.warning("delivery_outcome_not_recorded", delivery_id=row.id, error=str(exc))
                 await asyncio.sleep(1)
+        if not written:  # our lease ran out and another instance took it over, or a replay
+            log.warning("delivery_outcome_superseded", delivery_id=row.id)
+
+    def _count(self, dest: str, attempt: Attempt, now: datetime, config: Config) -> None:
+        """Feed the destination's breaker; log and report when it turns."""
+        turned = self.breakers.record(dest, failed(attempt), now, config)
+        if turned is None:
+            return
+        if turned == "opened":
+            log.warning("breaker_opened", destination=dest, error=attempt.error,
+                        probe_every=config.webhook.breaker_probe)
+        else:
+            log.info("breaker_closed", destination=dest)
+        self.on_breakers(self.breakers.open_count())
 
     async def _post(self, row: Claimed, config: Config, signer: Signer) -> Attempt:
         assert self._session is not None

@@ -12,6 +12,7 @@ from uuid import UUID
 import asyncpg
 
 MIGRATION_LOCK = 0x63617274  # "cart": serialises concurrent `cartd migrate` runs
+PURGE_BATCH = 500  # rows per retention DELETE
 
 # What a database that is down, restarting or unreachable raises.
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -106,8 +107,12 @@ LEFT JOIN agent_integrations i ON i.agent_id = a.id AND i.is_active
 GROUP BY a.id, c.id
 """
 
+# Back to pending, due now, attempts counted afresh; the id (webhook-id) is kept.
+_REPLAYED = """status = 'pending', next_attempt_at = $2, attempts = 0, delivered_at = NULL,
+       attempted_by = NULL, claimed_by = NULL, lease_until = NULL"""
+
 _DELIVERY_COLUMNS = """id, status, agent_id, integration_id, type, carts, attempts, last_status,
-       last_error, next_attempt_at, created_at, delivered_at"""
+       last_error, next_attempt_at, created_at, delivered_at, attempted_by"""
 
 
 class Store:
@@ -255,14 +260,18 @@ class Store:
     # --- deliveries -------------------------------------------------------
 
     async def claim_deliveries(
-        self, *, instance: str, now: datetime, lease: timedelta, limit: int
+        self, *, instance: str, now: datetime, lease: timedelta, limit: int,
+        default_url: str, exclude: list[str] | tuple[str, ...] = (),
     ) -> list[Claimed]:
+        """Claim due deliveries with a lease, skipping those whose URL (`default_url` when
+        the row has none) is in `exclude`: destinations with no free slot or an open breaker."""
         rows = await self.pool.fetch(
             """
             WITH due AS (
                 SELECT id FROM cartd.deliveries
                 WHERE status = 'pending' AND next_attempt_at <= $2
                   AND (lease_until IS NULL OR lease_until < $2)
+                  AND COALESCE(url, $5) <> ALL($6::text[])
                 ORDER BY next_attempt_at
                 LIMIT $4
                 FOR UPDATE SKIP LOCKED
@@ -271,13 +280,23 @@ class Store:
             FROM due WHERE d.id = due.id
             RETURNING d.id, d.url, d.body, d.attempts, d.platform
             """,
-            instance, now, now + lease, limit,
+            instance, now, now + lease, limit, default_url, list(exclude),
         )
         return [Claimed(r["id"], r["url"], r["body"], r["attempts"], r["platform"]) for r in rows]
 
-    async def record_outcomes(self, outcomes: list[Outcome]) -> None:
-        """Write a batch of attempt outcomes in one statement."""
+    async def unclaim(self, instance: str, ids: list[str]) -> None:
+        """Give back claimed deliveries untouched (not attempted, not counted)."""
         await self.pool.execute(
+            "UPDATE cartd.deliveries SET claimed_by = NULL, lease_until = NULL"
+            " WHERE id = ANY($1) AND claimed_by = $2",
+            ids, instance,
+        )
+
+    async def record_outcomes(self, outcomes: list[Outcome], instance: str) -> int:
+        """Write a batch of attempt outcomes in one statement; only rows this instance still
+        holds change (a stale instance whose lease ran out and was taken over changes
+        nothing). Returns how many were written."""
+        status = await self.pool.execute(
             """
             UPDATE cartd.deliveries d SET
                 status = o.status,
@@ -286,15 +305,17 @@ class Store:
                 last_error = o.error,
                 next_attempt_at = COALESCE(o.next_at, d.next_attempt_at),
                 delivered_at = CASE WHEN o.status = 'delivered' THEN o.at END,
+                attempted_by = $7,
                 claimed_by = NULL, lease_until = NULL
             FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
                         $6::timestamptz[]) AS o(id, status, http_status, error, next_at, at)
-            WHERE d.id = o.id AND d.status = 'pending'
+            WHERE d.id = o.id AND d.status = 'pending' AND d.claimed_by = $7
             """,
             [o.id for o in outcomes], [o.status for o in outcomes],
             [o.http_status for o in outcomes], [o.error for o in outcomes],
-            [o.next_attempt_at for o in outcomes], [o.at for o in outcomes],
+            [o.next_attempt_at for o in outcomes], [o.at for o in outcomes], instance,
         )
+        return int(status.split()[-1])
 
     async def release_deliveries(self, instance: str) -> None:
         """Give back claims held by this instance (at shutdown)."""
@@ -338,21 +359,49 @@ class Store:
         return [dict(r) for r in rows]
 
     async def replay(self, delivery_id: str, now: datetime) -> bool:
+        """Queue one delivery again, whatever its status; its id (webhook-id) stays."""
         status = await self.pool.execute(
-            "UPDATE cartd.deliveries SET status = 'pending', next_attempt_at = $2, attempts = 0,"
-            " delivered_at = NULL, claimed_by = NULL, lease_until = NULL WHERE id = $1",
-            delivery_id, now,
+            f"UPDATE cartd.deliveries SET {_REPLAYED} WHERE id = $1", delivery_id, now,
         )
         return status.endswith(" 1")
 
     async def replay_dead(self, since: datetime | None, now: datetime) -> int:
+        """Queue again every dead delivery created at or after `since`; returns the count."""
         status = await self.pool.execute(
-            "UPDATE cartd.deliveries SET status = 'pending', next_attempt_at = $2, attempts = 0,"
-            " claimed_by = NULL, lease_until = NULL"
+            f"UPDATE cartd.deliveries SET {_REPLAYED}"
             " WHERE status = 'dead' AND ($1::timestamptz IS NULL OR created_at >= $1)",
             since, now,
         )
         return int(status.split()[-1])
+
+    # --- retention --------------------------------------------------------
+
+    async def purge(self, *, payloads_before: datetime, carts_before: datetime,
+                    batch: int = PURGE_BATCH) -> tuple[int, int]:
+        """Delete finished (delivered or dead) deliveries that finished before
+        `payloads_before`, and the dedupe memory of carts detected before `carts_before`,
+        `batch` rows per statement so no statement holds many locks. Returns both counts."""
+        deliveries = await self._purge_batches(
+            "DELETE FROM cartd.deliveries WHERE id IN (SELECT id FROM cartd.deliveries"
+            " WHERE status <> 'pending' AND COALESCE(delivered_at, next_attempt_at) < $1"
+            " LIMIT $2)",
+            payloads_before, batch,
+        )
+        carts = await self._purge_batches(
+            "DELETE FROM cartd.sent_carts WHERE (integration_id, cart_id) IN"
+            " (SELECT integration_id, cart_id FROM cartd.sent_carts WHERE detected_at < $1"
+            " LIMIT $2)",
+            carts_before, batch,
+        )
+        return deliveries, carts
+
+    async def _purge_batches(self, sql: str, before: datetime, batch: int) -> int:
+        total = 0
+        while True:
+            deleted = int((await self.pool.execute(sql, before, batch)).split()[-1])
+            total += deleted
+            if deleted < batch:
+                return total
 
     # --- demo data --------------------------------------------------------
 

@@ -198,3 +198,37 @@ async def _post_twice(port: int, body: bytes, headers: dict[str, str]) -> list[i
             async with session.post(url, data=payload, headers=headers) as response:
                 answers.append(response.status)
     return answers
+
+
+async def test_no_secret_reaches_logs_status_or_metrics(store, dsn, tmp_path, pg_server):
+    from test_operations import cartd_run
+    from helpers import scripted_receiver
+
+    password = "pw-Zq81xK"
+    await store.pool.execute(f"CREATE ROLE cartd_reader LOGIN SUPERUSER PASSWORD '{password}'")
+    with_password = dsn.replace("postgres@", f"cartd_reader:{password}@", 1).replace(
+        "postgres:@", f"cartd_reader:{password}@", 1)
+    assert password in with_password
+    extra = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
+    token = "shpat_SECRET_token_0001"
+    await add_agents(store, 2)
+    await bad_agent(store, {}, "shopify", {"mode": "live", "shop_domain": "acme.myshopify.com",
+                                           "access_token": token})
+    await bad_agent(store, {}, "woocommerce", {"mode": "live", "base_url": "http://10.0.0.1",
+                                               "consumer_key": "ck_x", "consumer_secret": token})
+    async with scripted_receiver() as receiver, cartd_run(
+            tmp_path, with_password, receiver.url,
+            webhook={"extra_secrets": [extra]}, logging={"level": "debug"},
+            polling={"enabled": False}) as d:
+        await d.start()
+        _, once = await d.actl("run-once")
+        assert once["integration_errors"] == 2 and once["deliveries_succeeded"] > 0, once
+        d.write("webhook:\n  secret: not-a-secret-" + password + "\n")
+        code, failed = await d.request("POST", "/reload")
+        assert code == 400
+        _, status = await d.request("GET", "/status")
+        metrics = await d.scrape()
+        assert await d.terminate() == 0
+    seen = d.log.read_text() + json.dumps(status) + json.dumps(failed) + metrics
+    for secret in (password, SECRET, extra, token):
+        assert secret not in seen, secret

@@ -1,0 +1,80 @@
+"""Store-level guarantees for several instances and retention, with an injected `now`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from cartd.store import Outcome, Store
+from helpers import Clock
+from test_breaker import enqueue_to
+
+URL = "http://127.0.0.1:9/hook"
+DAY = timedelta(days=1)
+
+
+async def test_a_stale_instance_cannot_overwrite_a_delivery_another_took_over(store):
+    clock = Clock()
+    [delivery_id] = await enqueue_to(store, clock.now, None, 1)
+    claim = dict(lease=timedelta(seconds=10), limit=10, default_url=URL)
+    assert [c.id for c in await store.claim_deliveries(instance="a", now=clock.now, **claim)] \
+        == [delivery_id]
+    clock.advance(seconds=5)  # a's lease holds
+    assert await store.claim_deliveries(instance="b", now=clock.now, **claim) == []
+    clock.advance(seconds=6)  # a stalled past its lease: b takes the delivery over
+    assert len(await store.claim_deliveries(instance="b", now=clock.now, **claim)) == 1
+    late = Outcome(delivery_id, "dead", 400, "HTTP 400", None, clock.now)
+    assert await store.record_outcomes([late], "a") == 0
+    done = Outcome(delivery_id, "delivered", 200, None, None, clock.now)
+    assert await store.record_outcomes([done], "b") == 1
+    row = await store.pool.fetchrow("SELECT * FROM cartd.deliveries WHERE id = $1", delivery_id)
+    assert (row["status"], row["attempts"], row["attempted_by"]) == ("delivered", 1, "b")
+    assert row["claimed_by"] is None and row["lease_until"] is None
+
+
+async def test_claims_skip_excluded_urls_and_unclaim_gives_rows_back_untouched(store):
+    clock = Clock()
+    held = await enqueue_to(store, clock.now - timedelta(minutes=1), None, 3)
+    other = await enqueue_to(store, clock.now, "http://127.0.0.1:10/x", 2)
+    claim = dict(instance="a", now=clock.now, lease=timedelta(seconds=10), default_url=URL)
+    got = await store.claim_deliveries(limit=10, exclude=[URL], **claim)
+    assert sorted(c.id for c in got) == sorted(other)
+    got = await store.claim_deliveries(limit=10, **claim)
+    assert sorted(c.id for c in got) == sorted(held)
+    await store.unclaim("a", held)
+    rows = await store.pool.fetch(
+        "SELECT attempts, claimed_by, lease_until FROM cartd.deliveries WHERE id = ANY($1)", held)
+    assert [tuple(r) for r in rows] == [(0, None, None)] * 3
+
+
+async def _add(store: Store, status: str, finished_ago: timedelta, now) -> str:
+    delivery_id = f"msg_{uuid.uuid4().hex}"
+    await store.pool.execute(
+        "INSERT INTO cartd.deliveries (id, type, agent_id, integration_id, platform, body, carts,"
+        " status, next_attempt_at, created_at, delivered_at)"
+        " VALUES ($1, 'abandoned_cart.detected', $2, $2, 'custom', '\\x7b7d', 1, $3, $4, $5, $6)",
+        delivery_id, uuid.uuid4(), status, now - finished_ago, now - finished_ago - DAY,
+        now - finished_ago if status == "delivered" else None,
+    )
+    return delivery_id
+
+
+async def test_retention_purges_in_batches_and_the_dedupe_memory_outlives_the_payloads(store):
+    now = Clock().now
+    old_delivered = [await _add(store, "delivered", 8 * DAY, now) for _ in range(5)]
+    old_dead = await _add(store, "dead", 9 * DAY, now)
+    kept = {await _add(store, "delivered", 2 * DAY, now), await _add(store, "dead", 6 * DAY, now),
+            await _add(store, "pending", 30 * DAY, now)}  # pending is never purged
+    integration = uuid.uuid4()
+    for cart, age in (("c8", 8 * DAY), ("c20", 20 * DAY), ("c1", DAY)):
+        await store.pool.execute("INSERT INTO cartd.sent_carts VALUES ($1, $2, $3)",
+                                 integration, cart, now - age)
+    # retention 7d, carts.max_age 14d: payloads go after 7 days, the memory after 14.
+    purged = await store.purge(payloads_before=now - 7 * DAY, carts_before=now - 14 * DAY,
+                               batch=2)
+    assert purged == (len(old_delivered) + 1, 1)
+    left = {r["id"] for r in await store.pool.fetch("SELECT id FROM cartd.deliveries")}
+    assert left == kept and old_dead not in left
+    carts = {r["cart_id"] for r in await store.pool.fetch("SELECT cart_id FROM cartd.sent_carts")}
+    assert carts == {"c8", "c1"}
+    assert await store.purge(payloads_before=now - 7 * DAY, carts_before=now - 14 * DAY) == (0, 0)
