@@ -142,6 +142,7 @@ def build_app(daemon: Daemon) -> web.Application:
     @web.middleware
     async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
+            await request.read()  # bounded by client_max_size: a huge body is refused whole
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             return error("request body too large", 413)

@@ -25,6 +25,7 @@ log = structlog.get_logger("cartd.poller")
 
 BATCH = 500
 CURSOR_OVERLAP = timedelta(minutes=5)
+AGENT_LEASE_FLOOR = timedelta(seconds=30)
 
 
 @dataclass
@@ -156,7 +157,8 @@ class Poller:
         started = time.monotonic()
         summary = CycleSummary(cycle_id=uuid.uuid4().hex[:12], started_at=iso(now))
         interval = timedelta(seconds=config.polling.interval)
-        lease = max(interval, timedelta(seconds=60)) + timedelta(seconds=config.webhook.timeout)
+        # Long enough for a slow store's pages; a dead instance's agents return after it.
+        lease = max(2 * interval, AGENT_LEASE_FLOOR)
         delivery_ids: list[str] = []
         await self.store.register_agents(config.polling.template_slug)
         while True:

@@ -64,3 +64,12 @@ async def store(dsn: str) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture(autouse=True)
+async def _close_store_session() -> AsyncIterator[None]:
+    """Close the live connectors' shared HTTP session after each test, as the daemon does."""
+    yield
+    from cartd import sources
+
+    await sources.close()

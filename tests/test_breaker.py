@@ -3,6 +3,8 @@ receivers on 127.0.0.1 (each port its own destination) and a real PostgreSQL."""
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import time
 import uuid
@@ -12,6 +14,8 @@ from cartd.delivery import Attempt, Deliverer, destination, failed
 from cartd.payload import dumps, new_webhook_id
 from cartd.store import NewDelivery, Store
 from helpers import Clock, config, scripted_receiver, wait_until
+
+pytestmark = pytest.mark.reliability  # part of the fault-injection suite
 
 
 async def enqueue_to(store: Store, at: datetime, url: str | None, n: int) -> list[str]:

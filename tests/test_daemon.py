@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import json
 import os
@@ -17,6 +19,8 @@ from standardwebhooks import Webhook
 
 from cartd.store import Store
 from helpers import ROOT, Scripted, add_agents, scripted_receiver, wait_until
+
+pytestmark = pytest.mark.reliability  # part of the fault-injection suite
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -17,6 +17,8 @@ from cartd.payload import dumps, new_webhook_id
 from cartd.store import NewDelivery, Store
 from helpers import Clock, Scripted, config, scripted_receiver, wait_until
 
+pytestmark = pytest.mark.reliability  # part of the fault-injection suite
+
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 

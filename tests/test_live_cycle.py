@@ -22,6 +22,8 @@ from cartd.store import Store
 from fakestore import CONSUMER_SECRET, CUSTOM_TOKEN, TOKEN, FakeStore, Shop, fake_store, make_carts
 from helpers import Clock, Scripted, add_agents, config, scripted_receiver, wait_until
 
+pytestmark = pytest.mark.reliability  # part of the fault-injection suite
+
 DETECTED, RECOVERED = "abandoned_cart.detected", "abandoned_cart.recovered"
 
 

@@ -23,6 +23,8 @@ import yaml
 from cartd.store import Store
 from helpers import ROOT, Scripted, add_agents, scripted_receiver, wait_until
 
+pytestmark = pytest.mark.reliability  # part of the fault-injection suite
+
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SPEC_METRICS = (
     "cartd_build_info", "cartd_polling_enabled", "cartd_poll_cycles_total",

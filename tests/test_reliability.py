@@ -13,6 +13,8 @@ import sys
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from aiohttp import web
@@ -21,7 +23,7 @@ from cartd.delivery import Deliverer
 from cartd.poller import Poller
 from cartd.signing import Signer
 from cartd.store import Store
-from helpers import ROOT, SLUG, Clock, add_agents, config, wait_until
+from helpers import ROOT, SLUG, Clock, add_agents, config, scripted_receiver, wait_until
 from test_delivery import SECRET, enqueue, row
 
 pytestmark = pytest.mark.reliability
@@ -202,7 +204,6 @@ async def _post_twice(port: int, body: bytes, headers: dict[str, str]) -> list[i
 
 async def test_no_secret_reaches_logs_status_or_metrics(store, dsn, tmp_path, pg_server):
     from test_operations import cartd_run
-    from helpers import scripted_receiver
 
     password = "pw-Zq81xK"
     await store.pool.execute(f"CREATE ROLE cartd_reader LOGIN SUPERUSER PASSWORD '{password}'")
@@ -232,3 +233,172 @@ async def test_no_secret_reaches_logs_status_or_metrics(store, dsn, tmp_path, pg
     seen = d.log.read_text() + json.dumps(status) + json.dumps(failed) + metrics
     for secret in (password, SECRET, extra, token):
         assert secret not in seen, secret
+
+
+def custom_cart(n: int, currency: str, now) -> dict:
+    idle = now - timedelta(hours=2)
+    return {
+        "cart_id": f"c{n}",
+        "customer": {"id": f"u{n}", "email": f"u{n}@example.com", "first_name": "A",
+                     "last_name": "B", "phone": None, "accepts_marketing": True},
+        "items": [{"product_id": "p1", "variant_id": "v1", "sku": "S", "title": "Mug",
+                   "quantity": 3, "unit_price": "19.99", "line_total": "59.97"}],
+        "currency": currency, "total_value": "59.97",
+        "created_at": (idle - timedelta(minutes=10)).isoformat(),
+        "abandoned_at": idle.isoformat(), "recovery_url": "https://shop.example.com/r",
+    }
+
+
+class CustomStore:
+    """A custom-platform store on 127.0.0.1 whose answers can be held back."""
+
+    def __init__(self, carts: list[dict]) -> None:
+        self.carts = carts
+        self.open = asyncio.Event()
+        self.open.set()
+        self.requests = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        await self.open.wait()
+        return web.json_response({"carts": self.carts, "next": None})
+
+
+async def live_custom_agent(store: Store, url: str) -> None:
+    await bad_agent(store, {}, "custom", {"mode": "live", "url": url})
+
+
+async def test_a_currency_mix_gives_one_payload_per_currency_with_exact_totals(store):
+    clock = Clock()
+    shop = CustomStore([custom_cart(n, "USD" if n % 3 else "EUR", clock.now) for n in range(9)])
+    runner, url = await serve(shop.handle)
+    try:
+        await live_custom_agent(store, url)
+        summary, _ = await Poller(store, config, instance_id="p", clock=clock).run_cycle()
+    finally:
+        await runner.cleanup()
+    bodies = [json.loads(r["body"], parse_float=Decimal)
+              for r in await store.pool.fetch("SELECT body FROM cartd.deliveries")]
+    by_currency = {b["recovery_analytics"]["currency"]: b for b in bodies}
+    assert set(by_currency) == {"USD", "EUR"} and len(bodies) == 2
+    assert by_currency["USD"]["recovery_analytics"]["total_value"] == Decimal("359.82")
+    assert by_currency["EUR"]["recovery_analytics"]["total_value"] == Decimal("179.91")
+    assert all(c["currency"] == b["recovery_analytics"]["currency"]
+               for b in bodies for c in b["abandoned_carts"])
+    assert summary.recovery_value == {"USD": Decimal("359.82"), "EUR": Decimal("179.91")}
+
+
+async def test_kill_9_mid_cycle_then_restart_delivers_every_cart_once(store, dsn, tmp_path):
+    from test_operations import cartd_run
+
+    clock_now = Clock(start=datetime.now(UTC)).now
+    shop = CustomStore([custom_cart(n, "USD", clock_now) for n in range(20)])
+    shop.open.clear()  # the cycle is stuck fetching when the daemon dies
+    runner, url = await serve(shop.handle)
+    await live_custom_agent(store, url)
+    await add_agents(store, 2)
+    received: Counter[tuple[str, str]] = Counter()
+    try:
+        async with scripted_receiver() as receiver, cartd_run(
+                tmp_path, dsn, receiver.url, polling={"interval": "1s"}) as d:
+            await d.start()
+            await wait_until(lambda: shop.requests > 0, timeout=20)
+            d.process.kill()
+            await d.process.wait()
+            shop.open.set()
+        (tmp_path / "again").mkdir()
+        async with scripted_receiver() as receiver2, cartd_run(
+                tmp_path / "again", dsn, receiver2.url,
+                polling={"interval": "1s"}, shutdown_timeout="5s") as d2:
+            await d2.start()
+            # the dead instance's claims come back after their lease
+            await wait_until(lambda: _carts_of(receiver2, received) >= 20, timeout=120)
+            assert await d2.terminate() == 0
+    finally:
+        await runner.cleanup()
+    recorded = await store.pool.fetch("SELECT integration_id, cart_id FROM cartd.sent_carts")
+    assert {(str(r["integration_id"]), r["cart_id"]) for r in recorded} <= set(received)
+    assert max(received.values()) == 1
+
+
+def _carts_of(receiver, received: Counter) -> int:
+    received.clear()
+    for _, body in receiver.requests:
+        payload = json.loads(body)
+        for cart in payload["abandoned_carts"]:
+            received[(payload["integration"]["id"], cart["cart_id"])] += 1
+    return sum(1 for key in received if key[1].startswith("c"))
+
+
+async def test_a_database_restarting_again_and_again_loses_and_doubles_nothing(
+        store, dsn, tmp_path):
+    from test_operations import Proxy, cartd_run, proxied
+
+    await add_agents(store, 6)
+    proxy = Proxy(("tcp", "0", 0))
+    proxy.target, via_proxy = proxied(dsn, proxy.port)
+    await proxy.up()
+    async with scripted_receiver() as receiver, cartd_run(
+            tmp_path, via_proxy, receiver.url, polling={"interval": "1s"},
+            platforms={"mock": {"carts_per_hour": 60}}) as d:
+        await d.start()
+        for _ in range(3):  # cut every connection in the middle of cycles and deliveries
+            await wait_until(lambda: len(receiver.requests) > 0, timeout=20)
+            await proxy.down()
+            await asyncio.sleep(0.5)
+            await proxy.up()
+        await wait_until(lambda: _settled(store), timeout=60)
+        assert await d.terminate() == 0
+    await proxy.down()
+    accepted = Counter()
+    ids: dict[tuple[str, str], set[str]] = {}
+    for headers, body in receiver.requests:
+        payload = json.loads(body)
+        for cart in payload["abandoned_carts"]:
+            key = (payload["integration"]["id"], cart["cart_id"])
+            accepted[key] += 1
+            ids.setdefault(key, set()).add(headers["webhook-id"])
+    recorded = await store.pool.fetch("SELECT integration_id, cart_id FROM cartd.sent_carts")
+    assert {(str(r["integration_id"]), r["cart_id"]) for r in recorded} == set(accepted)
+    assert all(len(v) == 1 for v in ids.values())  # a repeat is the same webhook
+
+
+async def _settled(store: Store) -> bool:
+    counts = await store.delivery_counts()
+    return counts["pending"] == 0 and counts["delivered"] > 0
+
+
+async def test_a_statement_timeout_fails_the_cycle_and_the_daemon_recovers(
+        store, dsn, tmp_path):
+    from test_operations import _scraped_at_least, _status_is, cartd_run
+
+    await add_agents(store, 2)
+    database = dsn.split("?")[0].rsplit("/", 1)[1]
+    await store.pool.execute(f'ALTER DATABASE "{database}" SET statement_timeout = \'300ms\'')
+    async with scripted_receiver() as receiver, cartd_run(
+            tmp_path, dsn, receiver.url, polling={"interval": "1s"}) as d:
+        async with store.pool.acquire() as blocker, blocker.transaction():
+            await blocker.execute("LOCK TABLE cartd.agent_polls IN ACCESS EXCLUSIVE MODE")
+            await d.start()
+            await wait_until(lambda: _scraped_at_least(
+                d, 'cartd_poll_cycles_total{outcome="error"}', 1), timeout=20)
+        await wait_until(lambda: _status_is(d, "database", "ok"), timeout=20)
+        await wait_until(lambda: _settled(store), timeout=30)
+        assert await d.terminate() == 0
+    assert "canceling statement due to statement timeout" in d.log.read_text()
+
+
+async def test_oversized_control_bodies_are_refused(store, dsn, tmp_path):
+    import aiohttp
+
+    from test_operations import cartd_run
+
+    async with scripted_receiver() as receiver, cartd_run(tmp_path, dsn, receiver.url) as d:
+        await d.start()
+        connector = aiohttp.UnixConnector(path=str(d.socket))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.post("http://cartd/reload", data=b"x" * (1 << 20)) as r:
+                assert r.status == 413 and "error" in await r.json()
+        code, status = await d.request("GET", "/status")
+        assert code == 200 and status["config_error"] is None
+        assert await d.terminate() == 0

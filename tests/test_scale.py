@@ -3,6 +3,8 @@ kill -9 of one instance, and a failing destination that opens its breaker."""
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import json
 import time
@@ -14,6 +16,8 @@ from cartd.store import Store
 from helpers import Scripted, add_agents, scripted_receiver, wait_until
 from test_daemon import bodies, carts_received, recorded
 from test_operations import Cartd, cartd_run, metric
+
+pytestmark = pytest.mark.reliability  # part of the fault-injection suite
 
 SMALL = {"mock": {"carts_per_hour": 1}}  # about 23 abandoned carts per store, one webhook
 
