@@ -138,6 +138,42 @@ class Breakers:
         return None
 
 
+class OutcomeWriter:
+    """Writes attempt outcomes in batches: whatever finished while the previous write was
+    in flight goes in the next single statement."""
+
+    def __init__(self, store: Store, instance_id: str) -> None:
+        self.store = store
+        self.instance_id = instance_id
+        self._queue: list[tuple[Outcome, asyncio.Future[bool]]] = []
+        self._ready = asyncio.Event()
+
+    async def write(self, outcome: Outcome) -> bool:
+        """Queue an outcome; True once it is written, False if the row was no longer ours."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((outcome, done))
+        self._ready.set()
+        return await done
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._queue = self._queue, []
+            while True:
+                try:
+                    written = await self.store.record_outcomes([o for o, _ in batch],
+                                                               self.instance_id)
+                    break
+                except DB_ERRORS as exc:
+                    log.warning("delivery_outcomes_not_recorded", count=len(batch),
+                                error=str(exc))
+                    await asyncio.sleep(1)
+            for outcome, done in batch:
+                if not done.done():
+                    done.set_result(outcome.id in written)
+
+
 class Deliverer:
     """Keeps at most `webhook.concurrency` attempts in flight. A destination starts at
     most half of them while another has work due; it may take the rest only when it
@@ -164,6 +200,7 @@ class Deliverer:
         self._busy: Counter[str] = Counter()  # attempts in flight per destination
         self._urls: dict[str, set[str]] = {}  # the URLs seen for each destination
         self._attempting: set[str] = set()  # ids of the deliveries in flight
+        self._outcomes = OutcomeWriter(store, instance_id)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -176,6 +213,7 @@ class Deliverer:
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        writer = asyncio.create_task(self._outcomes.run())
         try:
             while not self._stopping:
                 await self._fill()
@@ -188,6 +226,8 @@ class Deliverer:
                     waiters[0].cancel()
         finally:
             await self._drain()
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
     def stop(self) -> None:
         """Stop taking work; `run` returns once in-flight attempts finish or time out."""
@@ -276,18 +316,15 @@ class Deliverer:
             self._busy[dest] -= 1
         status, next_at = decide(attempt, row.attempts, config, now)
         self.on_outcome(row, attempt, status)
-        log.info("delivery_attempt", delivery_id=row.id, attempt=row.attempts + 1,
-                 result=attempt.result, http_status=attempt.http_status, outcome=status,
-                 error=attempt.error)
+        # Successes are counted by the metrics; a log line each would cost more than the
+        # database write. Failures are worth a line.
+        (log.debug if status == "delivered" else log.info)(
+            "delivery_attempt", delivery_id=row.id, attempt=row.attempts + 1,
+            result=attempt.result, http_status=attempt.http_status, outcome=status,
+            error=attempt.error)
         outcome = Outcome(row.id, status, attempt.http_status, attempt.error, next_at, now)
-        while True:
-            try:
-                written = await self.store.record_outcomes([outcome], self.instance_id)
-                break
-            except DB_ERRORS as exc:
-                log.warning("delivery_outcome_not_recorded", delivery_id=row.id, error=str(exc))
-                await asyncio.sleep(1)
-        if not written:  # our lease ran out and another instance took it over, or a replay
+        if not await self._outcomes.write(outcome):
+            # our lease ran out and another instance took it over, or a replay
             log.warning("delivery_outcome_superseded", delivery_id=row.id)
 
     def _count(self, dest: str, attempt: Attempt, now: datetime, config: Config) -> None:

@@ -292,11 +292,11 @@ class Store:
             ids, instance,
         )
 
-    async def record_outcomes(self, outcomes: list[Outcome], instance: str) -> int:
+    async def record_outcomes(self, outcomes: list[Outcome], instance: str) -> set[str]:
         """Write a batch of attempt outcomes in one statement; only rows this instance still
         holds change (a stale instance whose lease ran out and was taken over changes
-        nothing). Returns how many were written."""
-        status = await self.pool.execute(
+        nothing). Returns the ids written."""
+        rows = await self.pool.fetch(
             """
             UPDATE cartd.deliveries d SET
                 status = o.status,
@@ -310,12 +310,13 @@ class Store:
             FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
                         $6::timestamptz[]) AS o(id, status, http_status, error, next_at, at)
             WHERE d.id = o.id AND d.status = 'pending' AND d.claimed_by = $7
+            RETURNING d.id
             """,
             [o.id for o in outcomes], [o.status for o in outcomes],
             [o.http_status for o in outcomes], [o.error for o in outcomes],
             [o.next_attempt_at for o in outcomes], [o.at for o in outcomes], instance,
         )
-        return int(status.split()[-1])
+        return {r["id"] for r in rows}
 
     async def release_deliveries(self, instance: str) -> None:
         """Give back claims held by this instance (at shutdown)."""

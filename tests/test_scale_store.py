@@ -24,9 +24,9 @@ async def test_a_stale_instance_cannot_overwrite_a_delivery_another_took_over(st
     clock.advance(seconds=6)  # a stalled past its lease: b takes the delivery over
     assert len(await store.claim_deliveries(instance="b", now=clock.now, **claim)) == 1
     late = Outcome(delivery_id, "dead", 400, "HTTP 400", None, clock.now)
-    assert await store.record_outcomes([late], "a") == 0
+    assert await store.record_outcomes([late], "a") == set()
     done = Outcome(delivery_id, "delivered", 200, None, None, clock.now)
-    assert await store.record_outcomes([done], "b") == 1
+    assert await store.record_outcomes([done], "b") == {done.id}
     row = await store.pool.fetchrow("SELECT * FROM cartd.deliveries WHERE id = $1", delivery_id)
     assert (row["status"], row["attempts"], row["attempted_by"]) == ("delivered", 1, "b")
     assert row["claimed_by"] is None and row["lease_until"] is None
