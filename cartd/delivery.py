@@ -23,6 +23,7 @@ from cartd.store import DB_ERRORS, Claimed, Outcome, Store
 log = structlog.get_logger("cartd.delivery")
 
 LEASE_MARGIN = timedelta(seconds=10)
+BUFFER_MAX_AGE = 1.0  # seconds a claimed row may wait in memory for a slot
 IDLE_WAIT = 1.0
 RETRYABLE = {408, 425, 429}
 MAX_ANSWER = 64 * 1024  # bytes of a receiver's answer worth reading
@@ -200,6 +201,7 @@ class Deliverer:
         self._busy: Counter[str] = Counter()  # attempts in flight per destination
         self._urls: dict[str, set[str]] = {}  # the URLs seen for each destination
         self._attempting: set[str] = set()  # ids of the deliveries in flight
+        self._buffer: dict[str, tuple[Claimed, float]] = {}  # claimed, not started yet
         self._outcomes = OutcomeWriter(store, instance_id)
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -244,44 +246,69 @@ class Deliverer:
                 config, lambda dest: share if self.breakers.failing(dest) else concurrency)
 
     async def _claim_round(self, config: Config, cap: Callable[[str], int]) -> bool:
-        """Claim and start due deliveries while slots are free, each destination up to
-        `cap(destination)` in flight; True when due work ran out before the free slots."""
+        """Start due deliveries while slots are free, each destination up to
+        `cap(destination)` in flight; True when due work ran out before the free slots.
+
+        Claims run one round ahead (up to `concurrency` rows more than the free slots) so
+        that a finished attempt is followed by a start from memory, not by a query; rows
+        held back longer than BUFFER_MAX_AGE go back to the table."""
         lease = timedelta(seconds=config.webhook.timeout) + LEASE_MARGIN
         signer = Signer(config.webhook.secrets)
-        while (free := config.webhook.concurrency - len(self._inflight)) > 0:
+        await self._return_stale()
+        while True:
             now = self.clock()
+            self._start_buffered(config, cap, now, signer)
+            free = config.webhook.concurrency - len(self._inflight)
+            if free <= 0:
+                return False
             full = [url for dest, urls in self._urls.items()
                     if self._allowance(dest, now, cap) <= 0 for url in urls]
             try:
                 claimed = await self.store.claim_deliveries(
-                    instance=self.instance_id, now=now, lease=lease, limit=free,
-                    default_url=config.webhook.url, exclude=full,
+                    instance=self.instance_id, now=now, lease=lease,
+                    limit=free + config.webhook.concurrency, default_url=config.webhook.url,
+                    exclude=full,
                 )
             except DB_ERRORS as exc:
                 log.debug("delivery_claim_failed", error=str(exc))  # the health loop reports it
                 return False
-            surplus = []
+            held = time.monotonic()
             for row in claimed:
-                if row.id in self._attempting:  # reclaimed with the clock past our lease
-                    continue
-                url = row.url or config.webhook.url
-                dest = destination(url)
-                self._urls.setdefault(dest, set()).add(url)
-                if self._allowance(dest, now, cap) <= 0:
-                    surplus.append(row.id)
-                    continue
-                self.breakers.admit(dest)
-                self._busy[dest] += 1
-                task = asyncio.create_task(self._deliver(row, dest, config, signer))
-                self._inflight.add(task)
-                self._attempting.add(row.id)
-                task.add_done_callback(self._inflight.discard)
-                task.add_done_callback(lambda _, done=row.id: self._attempting.discard(done))
-            if surplus:
-                await self._unclaim(surplus)
-            if len(claimed) < free:
+                if row.id not in self._attempting and row.id not in self._buffer:
+                    self._buffer[row.id] = (row, held)
+            if not claimed:
                 return True
-        return False
+
+    def _start_buffered(self, config: Config, cap: Callable[[str], int], now: datetime,
+                        signer: Signer) -> None:
+        """Start the held-back rows that have a free slot and an allowance, oldest first."""
+        for row_id, (row, _) in list(self._buffer.items()):
+            if len(self._inflight) >= config.webhook.concurrency:
+                return
+            url = row.url or config.webhook.url
+            dest = destination(url)
+            self._urls.setdefault(dest, set()).add(url)
+            if self._allowance(dest, now, cap) <= 0:
+                continue
+            del self._buffer[row_id]
+            self.breakers.admit(dest)
+            self._busy[dest] += 1
+            task = asyncio.create_task(self._deliver(row, dest, config, signer))
+            self._inflight.add(task)
+            self._attempting.add(row.id)
+            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(lambda _, done=row.id: self._attempting.discard(done))
+
+    async def _return_stale(self, everything: bool = False) -> None:
+        """Give back held-back rows that waited too long (their destination stayed busy or
+        its breaker opened), so their lease never runs out in our hands."""
+        limit = time.monotonic() - BUFFER_MAX_AGE
+        stale = [row_id for row_id, (_, held) in self._buffer.items()
+                 if everything or held < limit]
+        for row_id in stale:
+            del self._buffer[row_id]
+        if stale:
+            await self._unclaim(stale)
 
     def _allowance(self, dest: str, now: datetime, cap: Callable[[str], int]) -> int:
         """How many more attempts to `dest` may start now."""
@@ -296,6 +323,7 @@ class Deliverer:
             log.debug("delivery_unclaim_failed", error=str(exc))  # their lease runs out
 
     async def _drain(self) -> None:
+        await self._return_stale(everything=True)
         timeout = self.config().shutdown_timeout
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=timeout)
