@@ -88,7 +88,7 @@ def build_app(daemon: Daemon) -> web.Application:
 
     @routes.post("/polling/stop")
     async def stop(_: web.Request) -> web.Response:
-        daemon.stop_polling()
+        await daemon.stop_polling()
         return reply(await daemon.status())
 
     @routes.post("/polling/run-once")

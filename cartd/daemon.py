@@ -176,7 +176,7 @@ class Daemon:
         await sources.close()
         if self.store is not None:
             try:
-                await self.store.release_deliveries(self.instance_id)
+                await self.store.release(self.instance_id)
             except DB_ERRORS as exc:
                 log.warning("claims_not_released", error=str(exc))
             await self.store.close()
@@ -304,11 +304,16 @@ class Daemon:
         log.info("polling_started", interval_seconds=self._config.polling.interval)
         self._poll_wake.set()
 
-    def stop_polling(self) -> None:
+    async def stop_polling(self) -> None:
         self.polling_enabled = False
         self.metrics.polling_enabled.set(0)
         log.info("polling_stopped")
         self._poll_wake.set()
+        if self.poller is not None:
+            try:
+                await self.poller.leave()
+            except DB_ERRORS:
+                pass  # its place in the shares runs out by itself
 
     def wake_deliveries(self) -> None:
         if self.deliverer is not None:

@@ -23,7 +23,9 @@ from cartd.store import NewDelivery, SourceState, Store
 
 log = structlog.get_logger("cartd.poller")
 
-BATCH = 500
+BATCH = 500  # agents per claim at most
+CHUNKS = 4  # a share is claimed in about this many claims, so late starters get theirs
+LIVE_SLACK = timedelta(seconds=5)  # an instance counts as polling this long past 2 intervals
 CURSOR_OVERLAP = timedelta(minutes=5)
 AGENT_LEASE_FLOOR = timedelta(seconds=30)
 
@@ -161,19 +163,39 @@ class Poller:
         lease = max(2 * interval, AGENT_LEASE_FLOOR)
         delivery_ids: list[str] = []
         await self.store.register_agents(config.polling.template_slug)
+        claimed = 0
         while True:
+            limit = BATCH if force else await self._claim_size(config, now, interval, claimed)
+            if not limit:
+                break
             agents = await self.store.claim_agents(
                 slug=config.polling.template_slug, instance=self.instance_id, now=now,
-                interval=interval, lease=lease, limit=BATCH, force=force,
+                interval=interval, lease=lease, limit=limit, force=force,
             )
             if not agents:
                 break
+            claimed += len(agents)
             enqueued = await self._batch(agents, config, now, summary)
             delivery_ids += [d.id for d in enqueued if d.status == "pending"]
             self.on_enqueued(enqueued)
         summary.platforms_processed = len(summary.platforms)
         summary.duration_seconds = round(time.monotonic() - started, 3)
         return summary, delivery_ids
+
+    async def _claim_size(self, config: Config, now: datetime, interval: timedelta,
+                          claimed: int) -> int:
+        """How many agents to claim next: several instances split the agents evenly (a
+        share is asked for before every claim, so instances that start or stop are seen
+        within one cycle). Agents beyond the shares wait for the next claim of anyone."""
+        share = await self.store.poll_share(
+            slug=config.polling.template_slug, instance=self.instance_id, now=now,
+            live_until=now + 2 * interval + LIVE_SLACK,
+        )
+        return max(0, min(BATCH, max(1, -(-share // CHUNKS)), share - claimed))
+
+    async def leave(self) -> None:
+        """Polling stops here: the other instances take this one's share."""
+        await self.store.leave_polling(self.instance_id)
 
     async def _batch(self, agents: list[Any], config: Config, now: datetime,
                      summary: CycleSummary) -> list[NewDelivery]:

@@ -188,6 +188,30 @@ class Store:
             for r in rows
         ]
 
+    async def poll_share(self, *, slug: str, instance: str, now: datetime,
+                         live_until: datetime) -> int:
+        """Mark this instance as polling until `live_until`; returns its fair share of the
+        matching agents for one interval: all of them over the instances polling now."""
+        return await self.pool.fetchval(
+            """
+            WITH beat AS (
+                INSERT INTO cartd.instances (id, live_until) VALUES ($2, $3)
+                ON CONFLICT (id) DO UPDATE SET live_until = EXCLUDED.live_until
+            ), gone AS (
+                DELETE FROM cartd.instances WHERE live_until < $4 AND id <> $2
+            )
+            SELECT ceil((SELECT count(*) FROM company_agents
+                         WHERE is_active AND template_slug = $1)::numeric
+                        / (1 + (SELECT count(*) FROM cartd.instances
+                                WHERE live_until >= $4 AND id <> $2)))::int
+            """,
+            slug, instance, live_until, now,
+        )
+
+    async def leave_polling(self, instance: str) -> None:
+        """Stop counting this instance in the poll shares (polling stopped, or exit)."""
+        await self.pool.execute("DELETE FROM cartd.instances WHERE id = $1", instance)
+
     async def source_states(self, integration_ids: list[UUID]) -> dict[UUID, SourceState]:
         rows = await self.pool.fetch(
             "SELECT integration_id, cursor, mock_epoch FROM cartd.sources"
@@ -318,8 +342,9 @@ class Store:
         )
         return {r["id"] for r in rows}
 
-    async def release_deliveries(self, instance: str) -> None:
-        """Give back claims held by this instance (at shutdown)."""
+    async def release(self, instance: str) -> None:
+        """Give back what this instance holds (at shutdown): its claims and its poll share."""
+        await self.leave_polling(instance)
         await self.pool.execute(
             "UPDATE cartd.deliveries SET claimed_by = NULL, lease_until = NULL"
             " WHERE claimed_by = $1 AND status = 'pending'",

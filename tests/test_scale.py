@@ -65,6 +65,7 @@ async def test_three_instances_share_300_agents_and_deliver_every_cart_once(stor
     assert set(by) == set(ids)
     assert min(by.values()) >= total / 5, by
     polled = _agents_polled(fleet)
+    assert min(polled) >= sum(polled) / 5, polled
     print(f"\n{len(keys)} carts in {total} webhooks in {elapsed:.1f}s;"
           f" webhooks per instance {sorted(by.values())}; agents polled per instance {polled}")
 

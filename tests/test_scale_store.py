@@ -5,12 +5,37 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from cartd.poller import Poller
 from cartd.store import Outcome, Store
-from helpers import Clock
+from helpers import Clock, add_agents, config
 from test_breaker import enqueue_to
 
 URL = "http://127.0.0.1:9/hook"
 DAY = timedelta(days=1)
+
+
+async def test_polling_instances_split_the_agents_and_each_is_polled_once_per_interval(store):
+    data = await add_agents(store, 90)
+    clock = Clock()
+    cfg = config(polling={"interval": "30s"}, platforms={"mock": {"carts_per_hour": 0.25}})
+    a, b, c = (Poller(store, lambda: cfg, instance_id=i, clock=clock) for i in "abc")
+
+    async def interval(*pollers: Poller) -> list[int]:
+        found = [(await p.run_cycle())[0].agents_found for p in pollers]
+        polled = await store.pool.fetch(
+            "SELECT agent_id FROM cartd.agent_polls WHERE claimed_at = $1", clock.now)
+        assert len(polled) == len({r["agent_id"] for r in polled}) == sum(found)
+        clock.advance(seconds=30)
+        return found
+
+    assert await interval(a, b, c) == [90, 0, 0]  # a was alone when it claimed
+    assert await interval(a, b, c) == [30, 30, 30]  # a sees b and c now
+    assert await interval(c, a, b) == [30, 30, 30]
+    await c.leave()  # polling stopped on c: a and b take its share at once
+    assert await interval(a, b) == [45, 45]
+    # b is silent: still counted for two intervals (and 5 s), in case it is just slow.
+    assert [await interval(a), await interval(a)] == [[45], [45]]
+    assert await interval(a) == [90]  # then no longer: a polls b's share too
 
 
 async def test_a_stale_instance_cannot_overwrite_a_delivery_another_took_over(store):
