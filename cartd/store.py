@@ -115,6 +115,27 @@ _DELIVERY_COLUMNS = """id, status, agent_id, integration_id, type, carts, attemp
        last_error, next_attempt_at, created_at, delivered_at, attempted_by"""
 
 
+# Claim due deliveries with a lease; {destination} leaves out the URLs in $5.
+_CLAIM = """
+WITH due AS (
+    SELECT id FROM cartd.deliveries
+    WHERE status = 'pending' AND next_attempt_at <= $2
+      AND (lease_until IS NULL OR lease_until < $2)
+      AND {destination}
+    ORDER BY next_attempt_at
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE cartd.deliveries d SET claimed_by = $1, lease_until = $3
+FROM due WHERE d.id = due.id
+RETURNING d.id, d.url, d.body, d.attempts, d.platform
+"""
+_CLAIM_ANY = _CLAIM.format(destination="COALESCE(url, $6) <> ALL($5)")
+# When the default URL is left out, only rows with a URL of their own can qualify: their
+# partial index answers without reading past the default destination's backlog.
+_CLAIM_OVERRIDES = _CLAIM.format(destination="url IS NOT NULL AND url <> ALL($5)")
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -289,23 +310,11 @@ class Store:
     ) -> list[Claimed]:
         """Claim due deliveries with a lease, skipping those whose URL (`default_url` when
         the row has none) is in `exclude`: destinations with no free slot or an open breaker."""
-        rows = await self.pool.fetch(
-            """
-            WITH due AS (
-                SELECT id FROM cartd.deliveries
-                WHERE status = 'pending' AND next_attempt_at <= $2
-                  AND (lease_until IS NULL OR lease_until < $2)
-                  AND COALESCE(url, $5) <> ALL($6::text[])
-                ORDER BY next_attempt_at
-                LIMIT $4
-                FOR UPDATE SKIP LOCKED
-            )
-            UPDATE cartd.deliveries d SET claimed_by = $1, lease_until = $3
-            FROM due WHERE d.id = due.id
-            RETURNING d.id, d.url, d.body, d.attempts, d.platform
-            """,
-            instance, now, now + lease, limit, default_url, list(exclude),
-        )
+        args = (instance, now, now + lease, limit, list(exclude))
+        if default_url in exclude:
+            rows = await self.pool.fetch(_CLAIM_OVERRIDES, *args)
+        else:
+            rows = await self.pool.fetch(_CLAIM_ANY, *args, default_url)
         return [Claimed(r["id"], r["url"], r["body"], r["attempts"], r["platform"]) for r in rows]
 
     async def unclaim(self, instance: str, ids: list[str]) -> None:

@@ -60,6 +60,7 @@ async def test_a_stale_instance_cannot_overwrite_a_delivery_another_took_over(st
 async def test_claims_skip_excluded_urls_and_unclaim_gives_rows_back_untouched(store):
     clock = Clock()
     held = await enqueue_to(store, clock.now - timedelta(minutes=1), None, 3)
+    held += await enqueue_to(store, clock.now, URL, 1)  # the default URL, written out
     other = await enqueue_to(store, clock.now, "http://127.0.0.1:10/x", 2)
     claim = dict(instance="a", now=clock.now, lease=timedelta(seconds=10), default_url=URL)
     got = await store.claim_deliveries(limit=10, exclude=[URL], **claim)
@@ -69,7 +70,7 @@ async def test_claims_skip_excluded_urls_and_unclaim_gives_rows_back_untouched(s
     await store.unclaim("a", held)
     rows = await store.pool.fetch(
         "SELECT attempts, claimed_by, lease_until FROM cartd.deliveries WHERE id = ANY($1)", held)
-    assert [tuple(r) for r in rows] == [(0, None, None)] * 3
+    assert [tuple(r) for r in rows] == [(0, None, None)] * 4
 
 
 async def _add(store: Store, status: str, finished_ago: timedelta, now) -> str:
