@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
@@ -78,6 +80,7 @@ def decide(
     return "pending", now + timedelta(seconds=delay)
 
 
+@functools.lru_cache(maxsize=1024)
 def destination(url: str) -> str:
     """`scheme://host:port` of a URL: what breakers and fair shares are kept for."""
     parts = urlsplit(url)
@@ -141,20 +144,27 @@ class Breakers:
 
 class OutcomeWriter:
     """Writes attempt outcomes in batches: whatever finished while the previous write was
-    in flight goes in the next single statement."""
+    in flight goes in the next single statement. `recorded` gets the ids of each batch
+    once it is written (rows no longer ours are logged and left alone)."""
 
-    def __init__(self, store: Store, instance_id: str) -> None:
+    def __init__(self, store: Store, instance_id: str,
+                 recorded: Callable[[list[str]], None]) -> None:
         self.store = store
         self.instance_id = instance_id
-        self._queue: list[tuple[Outcome, asyncio.Future[bool]]] = []
+        self.recorded = recorded
+        self._queue: list[Outcome] = []
         self._ready = asyncio.Event()
+        self._idle = asyncio.Event()  # nothing queued or being written
+        self._idle.set()
 
-    async def write(self, outcome: Outcome) -> bool:
-        """Queue an outcome; True once it is written, False if the row was no longer ours."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((outcome, done))
+    def add(self, outcome: Outcome) -> None:
+        self._queue.append(outcome)
+        self._idle.clear()
         self._ready.set()
-        return await done
+
+    async def flush(self) -> None:
+        """Wait until every outcome added so far is written."""
+        await self._idle.wait()
 
     async def run(self) -> None:
         while True:
@@ -163,16 +173,19 @@ class OutcomeWriter:
             batch, self._queue = self._queue, []
             while True:
                 try:
-                    written = await self.store.record_outcomes([o for o, _ in batch],
-                                                               self.instance_id)
+                    written = await self.store.record_outcomes(batch, self.instance_id)
                     break
                 except DB_ERRORS as exc:
                     log.warning("delivery_outcomes_not_recorded", count=len(batch),
                                 error=str(exc))
                     await asyncio.sleep(1)
-            for outcome, done in batch:
-                if not done.done():
-                    done.set_result(outcome.id in written)
+            for outcome in batch:
+                if outcome.id not in written:
+                    # our lease ran out and another instance took it over, or a replay
+                    log.warning("delivery_outcome_superseded", delivery_id=outcome.id)
+            self.recorded([o.id for o in batch])
+            if not self._queue:
+                self._idle.set()
 
 
 class Deliverer:
@@ -200,11 +213,14 @@ class Deliverer:
         self.breakers = Breakers()
         self._busy: Counter[str] = Counter()  # attempts in flight per destination
         self._urls: dict[str, set[str]] = {}  # the URLs seen for each destination
-        self._attempting: set[str] = set()  # ids of the deliveries in flight
+        self._attempting: set[str] = set()  # ids of the deliveries in flight or being recorded
         self._buffer: dict[str, tuple[Claimed, float]] = {}  # claimed, not started yet
-        self._outcomes = OutcomeWriter(store, instance_id)
+        self._outcomes = OutcomeWriter(store, instance_id, self._attempting.difference_update)
         self._wake = asyncio.Event()
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: dict[asyncio.Task[None], str] = {}  # attempts: the delivery ids
+        self._cap: Callable[[str], int] = lambda _: 0  # the running claim round's caps
+        self._fill_again = False  # woken while a fill was running
+        self._signer = Signer(())
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
 
@@ -216,20 +232,37 @@ class Deliverer:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         writer = asyncio.create_task(self._outcomes.run())
+        fill: asyncio.Task[None] | None = None
         try:
             while not self._stopping:
-                await self._fill()
+                # Cleared first: a wake-up or a finished attempt during a fill is seen.
                 self._wake.clear()
-                waiters = [asyncio.ensure_future(self._wake.wait())]
-                try:
-                    await asyncio.wait([*waiters, *self._inflight], timeout=IDLE_WAIT,
-                                       return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiters[0].cancel()
+                if fill is None or fill.done():
+                    if fill is not None:
+                        fill.result()  # what went wrong in a fill stops the loop
+                    self._fill_again = False
+                    fill = asyncio.create_task(self._fill())
+                    fill.add_done_callback(self._filled)
+                else:
+                    # A claim is in flight: start what memory holds meanwhile, and fill
+                    # again once it is done.
+                    self._fill_again = True
+                    config = self.config()
+                    self._start_buffered(config, self._cap, self.clock(),
+                                         self._signer_for(config))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_WAIT):
+                        await self._wake.wait()
         finally:
+            if fill is not None:
+                await asyncio.gather(fill, return_exceptions=True)
             await self._drain()
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+
+    def _filled(self, _: asyncio.Task[None]) -> None:
+        if self._fill_again:
+            self._wake.set()
 
     def stop(self) -> None:
         """Stop taking work; `run` returns once in-flight attempts finish or time out."""
@@ -249,25 +282,33 @@ class Deliverer:
         """Start due deliveries while slots are free, each destination up to
         `cap(destination)` in flight; True when due work ran out before the free slots.
 
-        Claims run one round ahead (up to `concurrency` rows more than the free slots) so
+        Claims run one round ahead (up to `concurrency` rows more than the free slots, and
+        while every slot is busy, memory is refilled up to twice `concurrency` rows) so
         that a finished attempt is followed by a start from memory, not by a query; rows
         held back longer than BUFFER_MAX_AGE go back to the table."""
         lease = timedelta(seconds=config.webhook.timeout) + LEASE_MARGIN
-        signer = Signer(config.webhook.secrets)
+        concurrency = config.webhook.concurrency
+        signer = self._signer_for(config)
+        self._cap = cap
         await self._return_stale()
         while True:
             now = self.clock()
             self._start_buffered(config, cap, now, signer)
-            free = config.webhook.concurrency - len(self._inflight)
-            if free <= 0:
+            free = concurrency - len(self._inflight)
+            if free > 0:
+                limit = free + concurrency
+            elif len(self._buffer) < concurrency:
+                # Every slot is busy: refill memory before the next attempts finish.
+                limit = 2 * concurrency - len(self._buffer)
+            else:
                 return False
             full = [url for dest, urls in self._urls.items()
-                    if self._allowance(dest, now, cap) <= 0 for url in urls]
+                    if self._full(dest, now, cap, ahead=free <= 0, concurrency=concurrency)
+                    for url in urls]
             try:
                 claimed = await self.store.claim_deliveries(
-                    instance=self.instance_id, now=now, lease=lease,
-                    limit=free + config.webhook.concurrency, default_url=config.webhook.url,
-                    exclude=full,
+                    instance=self.instance_id, now=now, lease=lease, limit=limit,
+                    default_url=config.webhook.url, exclude=full,
                 )
             except DB_ERRORS as exc:
                 log.debug("delivery_claim_failed", error=str(exc))  # the health loop reports it
@@ -279,36 +320,62 @@ class Deliverer:
             if not claimed:
                 return True
 
+    def _signer_for(self, config: Config) -> Signer:
+        if self._signer.secrets != config.webhook.secrets:
+            self._signer = Signer(config.webhook.secrets)
+        return self._signer
+
     def _start_buffered(self, config: Config, cap: Callable[[str], int], now: datetime,
                         signer: Signer) -> None:
         """Start the held-back rows that have a free slot and an allowance, oldest first."""
+        if len(self._inflight) >= config.webhook.concurrency:
+            return
+        blocked: set[str] = set()  # destinations without an allowance left
         for row_id, (row, _) in list(self._buffer.items()):
-            if len(self._inflight) >= config.webhook.concurrency:
-                return
             url = row.url or config.webhook.url
             dest = destination(url)
+            if dest in blocked:
+                continue
             self._urls.setdefault(dest, set()).add(url)
             if self._allowance(dest, now, cap) <= 0:
+                blocked.add(dest)
                 continue
             del self._buffer[row_id]
             self.breakers.admit(dest)
             self._busy[dest] += 1
             task = asyncio.create_task(self._deliver(row, dest, config, signer))
-            self._inflight.add(task)
+            self._inflight[task] = row.id
             self._attempting.add(row.id)
-            task.add_done_callback(self._inflight.discard)
-            task.add_done_callback(lambda _, done=row.id: self._attempting.discard(done))
+            task.add_done_callback(self._finished)
+            if len(self._inflight) >= config.webhook.concurrency:
+                return
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        del self._inflight[task]
+        self._wake.set()
 
     async def _return_stale(self, everything: bool = False) -> None:
         """Give back held-back rows that waited too long (their destination stayed busy or
         its breaker opened), so their lease never runs out in our hands."""
         limit = time.monotonic() - BUFFER_MAX_AGE
-        stale = [row_id for row_id, (_, held) in self._buffer.items()
-                 if everything or held < limit]
+        stale = []
+        for row_id, (_, held) in self._buffer.items():  # held back in this order
+            if not everything and held >= limit:
+                break
+            stale.append(row_id)
         for row_id in stale:
             del self._buffer[row_id]
         if stale:
             await self._unclaim(stale)
+
+    def _full(self, dest: str, now: datetime, cap: Callable[[str], int], *, ahead: bool,
+              concurrency: int) -> bool:
+        """Whether `dest` may start no more attempts now; claiming `ahead` (every slot
+        busy), a destination allowed every slot is not full: its next start is as soon as
+        one of its attempts finishes."""
+        if self._allowance(dest, now, cap) > 0:
+            return False
+        return not ahead or self.breakers.is_open(dest) or cap(dest) < concurrency
 
     def _allowance(self, dest: str, now: datetime, cap: Callable[[str], int]) -> int:
         """How many more attempts to `dest` may start now."""
@@ -324,36 +391,39 @@ class Deliverer:
 
     async def _drain(self) -> None:
         await self._return_stale(everything=True)
-        timeout = self.config().shutdown_timeout
+        deadline = time.monotonic() + self.config().shutdown_timeout
         if self._inflight:
-            _, pending = await asyncio.wait(self._inflight, timeout=timeout)
+            _, pending = await asyncio.wait(self._inflight, timeout=deadline - time.monotonic())
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._outcomes.flush(), max(0.0, deadline - time.monotonic()))
         if self._session is not None:
             await self._session.close()
 
     async def _deliver(self, row: Claimed, dest: str, config: Config, signer: Signer) -> None:
+        """One attempt; its outcome goes to the writer and the slot is free at once."""
         try:
-            started = time.monotonic()
-            attempt = await self._post(row, config, signer)
-            attempt = replace(attempt, seconds=time.monotonic() - started)
-            now = self.clock()
-            self._count(dest, attempt, now, config)
-        finally:
-            self._busy[dest] -= 1
-        status, next_at = decide(attempt, row.attempts, config, now)
-        self.on_outcome(row, attempt, status)
-        # Successes are counted by the metrics; a log line each would cost more than the
-        # database write. Failures are worth a line.
-        (log.debug if status == "delivered" else log.info)(
-            "delivery_attempt", delivery_id=row.id, attempt=row.attempts + 1,
-            result=attempt.result, http_status=attempt.http_status, outcome=status,
-            error=attempt.error)
-        outcome = Outcome(row.id, status, attempt.http_status, attempt.error, next_at, now)
-        if not await self._outcomes.write(outcome):
-            # our lease ran out and another instance took it over, or a replay
-            log.warning("delivery_outcome_superseded", delivery_id=row.id)
+            try:
+                attempt = await self._post(row, config, signer)
+                now = self.clock()
+                self._count(dest, attempt, now, config)
+            finally:
+                self._busy[dest] -= 1
+            status, next_at = decide(attempt, row.attempts, config, now)
+            self.on_outcome(row, attempt, status)
+            # Successes are counted by the metrics; a log line each would cost more than
+            # the database write. Failures are worth a line.
+            (log.debug if status == "delivered" else log.info)(
+                "delivery_attempt", delivery_id=row.id, attempt=row.attempts + 1,
+                result=attempt.result, http_status=attempt.http_status, outcome=status,
+                error=attempt.error)
+            self._outcomes.add(
+                Outcome(row.id, status, attempt.http_status, attempt.error, next_at, now))
+        except BaseException:
+            self._attempting.discard(row.id)  # no outcome to write: its lease runs out
+            raise
 
     def _count(self, dest: str, attempt: Attempt, now: datetime, config: Config) -> None:
         """Feed the destination's breaker; log and report when it turns."""
@@ -369,6 +439,7 @@ class Deliverer:
 
     async def _post(self, row: Claimed, config: Config, signer: Signer) -> Attempt:
         assert self._session is not None
+        started = time.monotonic()
         url = row.url or config.webhook.url
         headers = {
             **config.webhook.headers,
@@ -385,11 +456,13 @@ class Deliverer:
                 error = None if 200 <= code < 300 else f"HTTP {code} {response.reason or ''}".strip()
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"), self.clock())
                 return Attempt(f"{code // 100}xx" if 200 <= code < 600 else "error", code, error,
-                               retry_after)
+                               retry_after, time.monotonic() - started)
         except TimeoutError:
-            return Attempt("timeout", None, f"no answer within {config.webhook.timeout:g}s")
+            return Attempt("timeout", None, f"no answer within {config.webhook.timeout:g}s",
+                           seconds=time.monotonic() - started)
         except aiohttp.ClientError as exc:
-            return Attempt("error", None, f"{type(exc).__name__}: {exc}"[:500])
+            return Attempt("error", None, f"{type(exc).__name__}: {exc}"[:500],
+                           seconds=time.monotonic() - started)
 
 
 async def _drain_body(response: aiohttp.ClientResponse) -> None:

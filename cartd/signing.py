@@ -33,6 +33,7 @@ class Signer:
     """Signs with every configured secret, newest first (rotation)."""
 
     def __init__(self, secrets: tuple[str, ...]) -> None:
+        self.secrets = secrets
         self._keys = tuple(decode_secret(s) for s in secrets)
 
     def __bool__(self) -> bool:
