@@ -230,7 +230,9 @@ class Deliverer:
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # No aiohttp timeouts: each attempt has its own deadline (webhook.timeout).
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                              timeout=aiohttp.ClientTimeout())
         writer = asyncio.create_task(self._outcomes.run())
         fill: asyncio.Task[None] | None = None
         try:
