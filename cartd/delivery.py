@@ -416,11 +416,13 @@ class Deliverer:
             status, next_at = decide(attempt, row.attempts, config, now)
             self.on_outcome(row, attempt, status)
             # Successes are counted by the metrics; a log line each would cost more than
-            # the database write. Failures are worth a line.
-            (log.debug if status == "delivered" else log.info)(
-                "delivery_attempt", delivery_id=row.id, attempt=row.attempts + 1,
-                result=attempt.result, http_status=attempt.http_status, outcome=status,
-                error=attempt.error)
+            # the database write, and even a filtered-out call binds a logger, so they are
+            # logged only at level debug. Failures are worth a line.
+            if status != "delivered" or config.logging.level == "debug":
+                (log.debug if status == "delivered" else log.info)(
+                    "delivery_attempt", delivery_id=row.id, attempt=row.attempts + 1,
+                    result=attempt.result, http_status=attempt.http_status, outcome=status,
+                    error=attempt.error)
             self._outcomes.add(
                 Outcome(row.id, status, attempt.http_status, attempt.error, next_at, now))
         except BaseException:
@@ -456,7 +458,8 @@ class Deliverer:
                 await _drain_body(response)  # the whole answer counts against the timeout
                 code = response.status
                 error = None if 200 <= code < 300 else f"HTTP {code} {response.reason or ''}".strip()
-                retry_after = retry_after_seconds(response.headers.get("Retry-After"), self.clock())
+                header = response.headers.get("Retry-After")
+                retry_after = retry_after_seconds(header, self.clock()) if header else None
                 return Attempt(f"{code // 100}xx" if 200 <= code < 600 else "error", code, error,
                                retry_after, time.monotonic() - started)
         except TimeoutError:
@@ -471,7 +474,7 @@ async def _drain_body(response: aiohttp.ClientResponse) -> None:
     """Read the answer to its end (bounded): a response cut short is a connection error,
     not a success."""
     read = 0
-    async for chunk in response.content.iter_chunked(16384):
+    while chunk := await response.content.read(16384):
         read += len(chunk)
         if read > MAX_ANSWER:
             return
