@@ -364,10 +364,10 @@ class Daemon:
             m.carts_value.labels(platform, currency).inc(float(value))
 
     def _count_attempt(self, row: Claimed, attempt: Attempt, status: str) -> None:
-        self.metrics.webhook_attempts.labels(attempt.result).inc()
+        self.metrics.attempts_by_result[attempt.result].inc()
         self.metrics.attempt_duration.observe(attempt.seconds)
-        outcome = {"delivered": "delivered", "dead": "dead"}.get(status, "retried")
-        self.metrics.deliveries.labels(outcome).inc()
+        outcome = status if status in ("delivered", "dead") else "retried"
+        self.metrics.deliveries_by_outcome[outcome].inc()
 
     # --- reload and status --------------------------------------------------
 

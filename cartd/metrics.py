@@ -76,10 +76,9 @@ class Metrics:
         for platform in PLATFORMS:
             self.carts_detected.labels(platform)
             self.carts_recovered.labels(platform)
-        for result in ATTEMPT_RESULTS:
-            self.webhook_attempts.labels(result)
-        for outcome in DELIVERY_OUTCOMES:
-            self.deliveries.labels(outcome)
+        # Counted on every attempt: the children, looked up once.
+        self.attempts_by_result = {r: self.webhook_attempts.labels(r) for r in ATTEMPT_RESULTS}
+        self.deliveries_by_outcome = {o: self.deliveries.labels(o) for o in DELIVERY_OUTCOMES}
         self.config_last_success.set(time.time())
 
     def exposition(self) -> bytes:
