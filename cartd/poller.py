@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +26,7 @@ log = structlog.get_logger("cartd.poller")
 BATCH = 500  # agents per claim at most
 CHUNKS = 4  # a share is claimed in about this many claims, so late starters get theirs
 LIVE_SLACK = timedelta(seconds=5)  # an instance counts as polling this long past 2 intervals
+CART_BATCH = 2000  # about this many carts are held in memory and recorded per transaction
 CURSOR_OVERLAP = timedelta(minutes=5)
 AGENT_LEASE_FLOOR = timedelta(seconds=30)
 
@@ -130,6 +131,7 @@ class _Job:
     integration: Integration
     state: SourceState
     fetched: Fetched | None = None
+    mock_epoch: datetime | None = None
     keep: list[Cart] = field(default_factory=list)
     completed: list[Cart] = field(default_factory=list)
 
@@ -175,9 +177,7 @@ class Poller:
             if not agents:
                 break
             claimed += len(agents)
-            enqueued = await self._batch(agents, config, now, summary)
-            delivery_ids += [d.id for d in enqueued if d.status == "pending"]
-            self.on_enqueued(enqueued)
+            delivery_ids += await self._batch(agents, config, now, summary)
         summary.platforms_processed = len(summary.platforms)
         summary.duration_seconds = round(time.monotonic() - started, 3)
         return summary, delivery_ids
@@ -198,7 +198,11 @@ class Poller:
         await self.store.leave_polling(self.instance_id)
 
     async def _batch(self, agents: list[Any], config: Config, now: datetime,
-                     summary: CycleSummary) -> list[NewDelivery]:
+                     summary: CycleSummary) -> list[str]:
+        """Fetch the agents' integrations, `source_concurrency` at a time and in order, and
+        record them in groups of about CART_BATCH carts, one transaction each, so that
+        memory holds a few groups whatever the batch brings. A group is written while the
+        next one is fetched; the last transaction releases the agents."""
         summary.agents_found += len(agents)
         candidates: list[tuple[Any, Rules, Integration]] = []
         for agent in agents:
@@ -214,19 +218,70 @@ class Poller:
                 except IntegrationError as exc:
                     self._failed(summary, row.get("platform"), agent, row.get("id"), exc)
         states = await self.store.source_states([i.id for _, _, i in candidates])
-        jobs = [_Job(a, r, i, states.get(i.id, SourceState(None, None))) for a, r, i in candidates]
-        limit = asyncio.Semaphore(config.polling.source_concurrency)
-        await asyncio.gather(*(self._fetch(job, config, now, limit, summary) for job in jobs))
-        done = [j for j in jobs if j.fetched is not None]
-        for job in done:
-            platform = job.integration.platform
-            summary.integrations_processed += 1
-            summary.platforms.add(platform)
-            summary.polls[(platform, "ok")] += 1
-            job.keep = [c for c in job.fetched.carts if job.rules.keeps(c, now)]
-            summary.carts_found += len(job.keep)
-            if config.carts.send_recovered:
-                job.completed = [c for c in job.fetched.carts if c.completed_at is not None]
+        jobs = deque(_Job(a, r, i, states.get(i.id, SourceState(None, None)))
+                     for a, r, i in candidates)
+        ahead = config.polling.source_concurrency
+        fetching: deque[tuple[_Job, asyncio.Task[None]]] = deque()
+        writing: asyncio.Task[list[NewDelivery]] | None = None
+        delivery_ids: list[str] = []
+        group: list[_Job] = []
+        held = 0
+        try:
+            while jobs or fetching:
+                while jobs and len(fetching) < ahead:
+                    job = jobs.popleft()
+                    fetching.append((job, asyncio.create_task(self._fetch(job, config, now,
+                                                                          summary))))
+                job, task = fetching.popleft()
+                await task
+                if job.fetched is None:
+                    continue
+                held += self._sift(job, config, now, summary)
+                group.append(job)
+                if held >= CART_BATCH:
+                    if writing is not None:
+                        delivery_ids += self._enqueued(await writing, summary)
+                    writing = asyncio.create_task(self._record(group, [], config, now, summary))
+                    group, held = [], 0
+            if writing is not None:
+                delivery_ids += self._enqueued(await writing, summary)
+            writing = None
+            released = [a.id for a in agents]
+            delivery_ids += self._enqueued(
+                await self._record(group, released, config, now, summary), summary)
+        finally:
+            pending = [t for _, t in fetching] + ([writing] if writing is not None else [])
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        return delivery_ids
+
+    @staticmethod
+    def _sift(job: _Job, config: Config, now: datetime, summary: CycleSummary) -> int:
+        """Keep the job's abandoned (and completed) carts, drop the rest; returns how many
+        carts it still holds."""
+        assert job.fetched is not None
+        platform = job.integration.platform
+        summary.integrations_processed += 1
+        summary.platforms.add(platform)
+        summary.polls[(platform, "ok")] += 1
+        carts, job.mock_epoch, job.fetched = job.fetched.carts, job.fetched.mock_epoch, None
+        job.keep = [c for c in carts if job.rules.keeps(c, now)]
+        summary.carts_found += len(job.keep)
+        if config.carts.send_recovered:
+            job.completed = [c for c in carts if c.completed_at is not None]
+        return len(job.keep) + len(job.completed)
+
+    def _enqueued(self, enqueued: list[NewDelivery], summary: CycleSummary) -> list[str]:
+        ids = [d.id for d in enqueued if d.status == "pending"]
+        summary.deliveries_enqueued += len(ids)
+        self.on_enqueued(enqueued)
+        return ids
+
+    async def _record(self, done: list[_Job], agents: list[Any], config: Config,
+                      now: datetime, summary: CycleSummary) -> list[NewDelivery]:
+        """One transaction: the jobs' new carts, recoveries, deliveries and cursors, and the
+        release of `agents`' claims."""
 
         def build(new: set[tuple[Any, str]], recovered: set[tuple[Any, str]]) -> list[NewDelivery]:
             out: list[NewDelivery] = []
@@ -239,26 +294,22 @@ class Poller:
                 out += self._deliveries(job, config, now, payload.RECOVERED, back)
             return out
 
-        enqueued = await self.store.record(
+        return await self.store.record(
             now=now,
             detected=[(j.integration.id, c.cart_id) for j in done for c in j.keep],
             completed=[(j.integration.id, c.cart_id) for j in done for c in j.completed],
             build=build,
-            sources=[(j.integration.id, self._next_cursor(j, now), j.fetched.mock_epoch)
-                     for j in done],
-            agents=[a.id for a in agents],
+            sources=[(j.integration.id, self._next_cursor(j, now), j.mock_epoch) for j in done],
+            agents=agents,
             instance=self.instance_id,
         )
-        summary.deliveries_enqueued += sum(1 for d in enqueued if d.status == "pending")
-        return enqueued
 
     async def _fetch(self, job: _Job, config: Config, now: datetime,
-                     limit: asyncio.Semaphore, summary: CycleSummary) -> None:
+                     summary: CycleSummary) -> None:
         since = job.state.cursor - CURSOR_OVERLAP if job.state.cursor else None
         try:
-            async with limit:
-                job.fetched = await fetch(job.integration, config=config, since=since,
-                                          mock_epoch=job.state.mock_epoch, now=now)
+            job.fetched = await fetch(job.integration, config=config, since=since,
+                                      mock_epoch=job.state.mock_epoch, now=now)
         except IntegrationError as exc:
             self._failed(summary, job.integration.platform, job.agent, job.integration.id, exc)
             return
