@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from cartd.sources.model import Cart, iso, quantize
+from cartd.sources.model import Cart, iso, minor_units, quantize
 
 DETECTED = "abandoned_cart.detected"
 RECOVERED = "abandoned_cart.recovered"
@@ -31,26 +31,20 @@ def dumps(body: dict[str, Any]) -> bytes:
     return json.dumps(body, default=_number, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def cart_entry(cart: Cart, event: str, recovered_at: datetime | None) -> dict[str, Any]:
-    entry = cart.to_payload()
+def money_number(currency: str) -> Callable[[Decimal], int | float]:
+    """How an amount quantized to the currency is written (as `_number` would): a whole
+    number where the currency has no minor unit, else the float of the same digits."""
+    return int if minor_units(currency) == 0 else float
+
+
+def cart_entry(cart: Cart, event: str, recovered_at: datetime | None,
+               number: Callable[[Decimal], Any]) -> dict[str, Any]:
+    entry = cart.to_payload(number)
     if event == RECOVERED:
         entry["recovered_at"] = iso(cart.completed_at or recovered_at or cart.last_activity)
         if cart.order_id:
             entry["order_id"] = cart.order_id
     return entry
-
-
-def analytics(carts: Iterable[Cart], platform: str, currency: str) -> dict[str, Any]:
-    carts = list(carts)
-    total = sum((c.total_value for c in carts), Decimal(0))
-    return {
-        "total_carts": len(carts),
-        "total_value": total,
-        "platform": platform,
-        "currency": currency,
-        "total_items": sum(c.item_count for c in carts),
-        "average_cart_value": quantize(total / len(carts), currency) if carts else Decimal(0),
-    }
 
 
 def build(
@@ -64,6 +58,8 @@ def build(
 ) -> bytes:
     """One webhook body for carts of a single currency."""
     currency = carts[0].currency
+    number = money_number(currency)
+    total = sum((c.total_value for c in carts), Decimal(0))
     return dumps(
         {
             "type": event,
@@ -71,7 +67,14 @@ def build(
             "agent_info": agent,
             "company": company,
             "integration": integration,
-            "abandoned_carts": [cart_entry(c, event, now) for c in carts],
-            "recovery_analytics": analytics(carts, integration["platform"], currency),
+            "abandoned_carts": [cart_entry(c, event, now, number) for c in carts],
+            "recovery_analytics": {
+                "total_carts": len(carts),
+                "total_value": number(total),
+                "platform": integration["platform"],
+                "currency": currency,
+                "total_items": sum(c.item_count for c in carts),
+                "average_cart_value": number(quantize(total / len(carts), currency)),
+            },
         }
     )

@@ -338,11 +338,12 @@ class Poller:
         summary.new_by_platform[platform] += len(fresh)
         summary.recovered_by_platform[platform] += len(back)
         for cart in fresh:
+            value = cart.total_value
             summary.recovery_value[cart.currency] = (
-                summary.recovery_value.get(cart.currency, Decimal(0)) + cart.total_value
+                summary.recovery_value.get(cart.currency, Decimal(0)) + value
             )
             key = (platform, cart.currency)
-            summary.value_by[key] = summary.value_by.get(key, Decimal(0)) + cart.total_value
+            summary.value_by[key] = summary.value_by.get(key, Decimal(0)) + value
 
     @staticmethod
     def _deliveries(job: _Job, config: Config, now: datetime, event: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -23,10 +24,18 @@ class MalformedRecord(ValueError):
     """A store record that cannot be turned into a cart; it is skipped and counted."""
 
 
+_EXPONENTS = {code: Decimal(1).scaleb(-digits) for code, digits in _MINOR_UNITS.items()}
+_CENTS = Decimal("0.01")
+
+
+def minor_units(currency: str) -> int:
+    """Digits after the decimal point of the currency's amounts."""
+    return _MINOR_UNITS.get(currency.upper(), 2)
+
+
 def quantize(amount: Decimal, currency: str) -> Decimal:
     """Round to the currency's minor unit (banker's rounding, as accountants do)."""
-    exponent = Decimal(1).scaleb(-_MINOR_UNITS.get(currency.upper(), 2))
-    return amount.quantize(exponent, rounding=ROUND_HALF_EVEN)
+    return amount.quantize(_EXPONENTS.get(currency.upper(), _CENTS), rounding=ROUND_HALF_EVEN)
 
 
 def money(value: Any, what: str) -> Decimal:
@@ -119,34 +128,39 @@ class Cart:
     def has_contact(self) -> bool:
         return bool(self.customer.email or self.customer.phone)
 
-    def to_payload(self) -> dict[str, Any]:
-        """The cart as SPEC §2 shows it; money stays Decimal until serialisation."""
-        body: dict[str, Any] = {
+    def to_payload(self, number: Callable[[Decimal], Any] = Decimal) -> dict[str, Any]:
+        """The cart as SPEC §2 shows it; money is Decimal, or what `number` makes of it."""
+        currency = self.currency
+        items = []
+        lines = Decimal(0)
+        for i in self.items:
+            line_total = quantize(i.unit_price * i.quantity, currency)
+            lines += line_total
+            items.append({
+                "product_id": i.product_id,
+                "variant_id": i.variant_id,
+                "sku": i.sku,
+                "title": i.title,
+                "quantity": i.quantity,
+                "unit_price": number(quantize(i.unit_price, currency)),
+                "line_total": number(line_total),
+            })
+        customer = self.customer
+        total = lines if self.stated_total is None else quantize(self.stated_total, currency)
+        return {
             "cart_id": self.cart_id,
             "customer": {
-                "id": self.customer.id,
-                "email": self.customer.email,
-                "first_name": self.customer.first_name,
-                "last_name": self.customer.last_name,
-                "phone": self.customer.phone,
-                "accepts_marketing": self.customer.accepts_marketing,
+                "id": customer.id,
+                "email": customer.email,
+                "first_name": customer.first_name,
+                "last_name": customer.last_name,
+                "phone": customer.phone,
+                "accepts_marketing": customer.accepts_marketing,
             },
-            "items": [
-                {
-                    "product_id": i.product_id,
-                    "variant_id": i.variant_id,
-                    "sku": i.sku,
-                    "title": i.title,
-                    "quantity": i.quantity,
-                    "unit_price": quantize(i.unit_price, self.currency),
-                    "line_total": self.line_total(i),
-                }
-                for i in self.items
-            ],
-            "currency": self.currency,
-            "total_value": self.total_value,
+            "items": items,
+            "currency": currency,
+            "total_value": number(total),
             "created_at": iso(self.created_at),
             "abandoned_at": iso(self.last_activity),
             "recovery_url": self.recovery_url,
         }
-        return body
