@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 # ISO 4217 currencies whose minor unit is not 2 digits.
 _MINOR_UNITS = {
@@ -74,8 +74,9 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass(frozen=True, slots=True)
-class Customer:
+# Customers and items are immutable records, made a few times per cart: named tuples,
+# which are built several times faster than frozen dataclasses.
+class Customer(NamedTuple):
     id: str | None
     email: str | None
     first_name: str | None
@@ -84,8 +85,7 @@ class Customer:
     accepts_marketing: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     product_id: str | None
     variant_id: str | None
     sku: str | None
