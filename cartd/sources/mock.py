@@ -28,6 +28,7 @@ _IDLE = (60, 1800)  # last activity: 1 to 30 minutes after creation
 _RECOVERY = (600, 43200)  # completion: 10 minutes to 12 hours after the last activity
 _DISCOUNT_PERCENT = 15  # share of Shopify carts with a 10 % discount
 _WORDS = struct.Struct("<16I")
+_QUANTITIES = 3  # a line holds 1 to 3 units
 
 
 class _Person(NamedTuple):
@@ -37,6 +38,8 @@ class _Person(NamedTuple):
     email: str | None
     phone: str | None
     accepts_marketing: bool
+    shopify_id: str  # gid://shopify/Customer/...
+    custom_id: str  # mock_customer_...
 
 
 class _Product(NamedTuple):
@@ -48,6 +51,14 @@ class _Product(NamedTuple):
     cents: int
     price: str  # "19.99"
     number: float  # 19.99, as a JSON number
+    # Rendered once, not per record: ids as strings and Shopify gids, and the line total
+    # for each quantity (1 to _QUANTITIES) as a string and as a JSON number.
+    product_key: str
+    variant_key: str
+    product_gid: str
+    variant_gid: str
+    line_prices: tuple[str, ...]
+    line_numbers: tuple[float, ...]
 
 
 class _Store(NamedTuple):
@@ -91,6 +102,8 @@ def _pools(seed: int) -> tuple[tuple[_Person, ...], tuple[_Product, ...], tuple[
                 email=email if contact < 0.85 else None,
                 phone=f"+1555{draw.randrange(10**7):07d}" if 0.6 < contact < 0.95 else None,
                 accepts_marketing=draw.random() < 0.5,
+                shopify_id=f"gid://shopify/Customer/{7_000_000_000 + number}",
+                custom_id=f"mock_customer_{number}",
             )
         )
     nouns = ("T-Shirt", "Hoodie", "Mug", "Backpack", "Cap", "Sneakers", "Notebook",
@@ -99,16 +112,24 @@ def _pools(seed: int) -> tuple[tuple[_Person, ...], tuple[_Product, ...], tuple[
     products = []
     for number in range(300):
         cents = draw.randrange(299, 20000)
+        product_id, variant_id = 8_000_000_000 + number, 45_000_000_000 + number
+        quantities = range(1, _QUANTITIES + 1)
         products.append(
             _Product(
-                product_id=8_000_000_000 + number,
-                variant_id=45_000_000_000 + number,
+                product_id=product_id,
+                variant_id=variant_id,
                 sku=fake.bothify("??-#####").upper(),
                 title=f"{_words(fake.color_name())} {draw.choice(nouns)}",
                 variant_title=draw.choice(sizes),
                 cents=cents,
                 price=_price(cents),
                 number=cents / 100,
+                product_key=str(product_id),
+                variant_key=str(variant_id),
+                product_gid=f"gid://shopify/Product/{product_id}",
+                variant_gid=f"gid://shopify/ProductVariant/{variant_id}",
+                line_prices=tuple(_price(cents * q) for q in quantities),
+                line_numbers=tuple(cents * q / 100 for q in quantities),
             )
         )
     shops = tuple(re.sub(r"[^a-z0-9]+", "-", fake.company().lower()).strip("-") for _ in range(200))
@@ -175,7 +196,8 @@ def _slots(
             last=last,
             completed=completed,
             person=_PEOPLE[words[4] % len(_PEOPLE)],
-            lines=[(_PRODUCTS[w % products], 1 + (w >> 16) % 3) for w in words[6 : 7 + shape % 4]],
+            lines=[(_PRODUCTS[w % products], 1 + (w >> 16) % _QUANTITIES)
+                   for w in words[6 : 7 + shape % 4]],
             discount=(shape >> 8) % 100 < _DISCOUNT_PERCENT,
             status=("pending", "failed", "checkout-draft")[(shape >> 16) % 3],
         )
@@ -208,7 +230,7 @@ def _shopify(store: _Store, slot: _Slot) -> dict[str, Any]:
     if person.email or person.phone:
         state = "SUBSCRIBED" if person.accepts_marketing else "NOT_SUBSCRIBED"
         customer = {
-            "id": f"gid://shopify/Customer/{7_000_000_000 + person.number}",
+            "id": person.shopify_id,
             "email": person.email,
             "firstName": person.first,
             "lastName": person.last,
@@ -231,8 +253,8 @@ def _shopify(store: _Store, slot: _Slot) -> dict[str, Any]:
                     "variantTitle": product.variant_title,
                     "sku": product.sku,
                     "quantity": quantity,
-                    "variant": {"id": f"gid://shopify/ProductVariant/{product.variant_id}"},
-                    "product": {"id": f"gid://shopify/Product/{product.product_id}"},
+                    "variant": {"id": product.variant_gid},
+                    "product": {"id": product.product_gid},
                     "originalUnitPriceSet": {
                         "shopMoney": {"amount": product.price, "currencyCode": currency}
                     },
@@ -271,8 +293,8 @@ def _woocommerce(store: _Store, slot: _Slot) -> dict[str, Any]:
                 "product_id": product.product_id,
                 "variation_id": product.variant_id if product.variant_title else 0,
                 "quantity": quantity,
-                "subtotal": _price(product.cents * quantity),
-                "total": _price(product.cents * quantity),
+                "subtotal": product.line_prices[quantity - 1],
+                "total": product.line_prices[quantity - 1],
                 "sku": product.sku,
                 "price": product.number,
             }
@@ -294,7 +316,7 @@ def _custom(store: _Store, slot: _Slot) -> dict[str, Any]:
     record: dict[str, Any] = {
         "cart_id": slot.cart_id,
         "customer": {
-            "id": f"mock_customer_{person.number}",
+            "id": person.custom_id,
             "email": person.email,
             "first_name": person.first,
             "last_name": person.last,
@@ -303,13 +325,13 @@ def _custom(store: _Store, slot: _Slot) -> dict[str, Any]:
         },
         "items": [
             {
-                "product_id": str(product.product_id),
-                "variant_id": str(product.variant_id),
+                "product_id": product.product_key,
+                "variant_id": product.variant_key,
                 "sku": product.sku,
                 "title": product.title,
                 "quantity": quantity,
                 "unit_price": product.number,
-                "line_total": product.cents * quantity / 100,
+                "line_total": product.line_numbers[quantity - 1],
             }
             for product, quantity in slot.lines
         ],
