@@ -199,7 +199,7 @@ class Poller:
 
     async def _batch(self, agents: list[Any], config: Config, now: datetime,
                      summary: CycleSummary) -> list[str]:
-        """Fetch the agents' integrations, `source_concurrency` at a time and in order, and
+        """Fetch the agents' integrations, `source_concurrency` at a time, and
         record them in groups of about CART_BATCH carts, one transaction each, so that
         memory holds a few groups whatever the batch brings. A group is written while the
         next one is fetched; the last transaction releases the agents."""
@@ -220,20 +220,33 @@ class Poller:
         states = await self.store.source_states([i.id for _, _, i in candidates])
         jobs = deque(_Job(a, r, i, states.get(i.id, SourceState(None, None)))
                      for a, r, i in candidates)
+        # At most `source_concurrency` integrations are being fetched or waiting to be
+        # sifted; the next fetch starts as soon as any one is taken, so a slow store holds
+        # one slot, not the others.
         ahead = config.polling.source_concurrency
-        fetching: deque[tuple[_Job, asyncio.Task[None]]] = deque()
+        fetched: asyncio.Queue[_Job] = asyncio.Queue()
+        fetching: set[asyncio.Task[None]] = set()
         writing: asyncio.Task[list[NewDelivery]] | None = None
         delivery_ids: list[str] = []
         group: list[_Job] = []
         held = 0
+
+        async def fetch_one(job: _Job) -> None:
+            try:
+                await self._fetch(job, config, now, summary)
+            finally:
+                fetched.put_nowait(job)
+
+        out = 0  # fetches started and not yet taken from the queue
         try:
-            while jobs or fetching:
-                while jobs and len(fetching) < ahead:
-                    job = jobs.popleft()
-                    fetching.append((job, asyncio.create_task(self._fetch(job, config, now,
-                                                                          summary))))
-                job, task = fetching.popleft()
-                await task
+            while jobs or out:
+                while jobs and out < ahead:
+                    task = asyncio.create_task(fetch_one(jobs.popleft()))
+                    fetching.add(task)
+                    task.add_done_callback(fetching.discard)
+                    out += 1
+                job = await fetched.get()
+                out -= 1
                 if job.fetched is None:
                     continue
                 held += self._sift(job, config, now, summary)
@@ -250,7 +263,7 @@ class Poller:
             delivery_ids += self._enqueued(
                 await self._record(group, released, config, now, summary), summary)
         finally:
-            pending = [t for _, t in fetching] + ([writing] if writing is not None else [])
+            pending = [*fetching] + ([writing] if writing is not None else [])
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

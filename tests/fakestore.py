@@ -8,6 +8,7 @@ Each shop lives under its own path prefix: `http://127.0.0.1:{port}/{shop}` is t
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -136,7 +137,8 @@ class FakeStore:
             return Shop("", []), web.json_response({"errors": "Not Found"}, status=404)
         body = await request.json() if request.method == "POST" else None
         shop.requests.append({"method": request.method, "query": dict(request.query),
-                              "headers": dict(request.headers), "json": body})
+                              "headers": dict(request.headers), "json": body,
+                              "at": time.monotonic()})
         if shop.faults:
             status, headers, payload = shop.faults.pop(0)
             return shop, web.json_response(payload, status=status, headers=headers)

@@ -174,6 +174,32 @@ async def test_a_429_is_waited_out_and_a_401_store_fails_alone(store, fake, rece
         assert secret not in text
 
 
+async def test_a_store_that_makes_cartd_wait_holds_one_fetch_slot_not_the_others(
+        store, fake, receiver):
+    clock = Clock()
+    slow = fake.add("slow", make_carts(2, clock.now, first=100))
+    slow.faults.append((429, {"Retry-After": "2"}, {"errors": "Exceeded 2 calls per second"}))
+    slow_id = await live_integration(store, "shopify", fake.shopify("slow", api="rest"))
+    # The slow store's integration comes first in its agent's list (ordered by id).
+    first = uuid.UUID(int=1)
+    await store.pool.execute("UPDATE agent_integrations SET id = $1 WHERE id = $2", first, slow_id)
+    agent = await store.pool.fetchval("SELECT agent_id FROM agent_integrations WHERE id = $1", first)
+    fast = []
+    for n in range(4):
+        fast.append(fake.add(f"fast{n}", make_carts(2, clock.now, first=200 + 10 * n)))
+        await store.pool.execute(
+            "INSERT INTO agent_integrations (id, agent_id, platform, config)"
+            " VALUES ($1, $2, 'shopify', $3)",
+            uuid.uuid4(), agent, fake.shopify(f"fast{n}", api="rest"))
+    cycle = Cycle(store, receiver, clock)
+    cycle.cfg = config(webhook={"url": receiver.url}, polling={"source_concurrency": 2})
+    summary = await cycle.run()
+    assert summary.integrations_processed == 5 and summary.carts_new == 10
+    retried_at = slow.requests[1]["at"]
+    assert all(shop.requests[0]["at"] < retried_at for shop in fast)
+    assert sorted(delivered_ids(cycle, first)) == ["100", "101"]
+
+
 @pytest.mark.parametrize("platform, api", [
     ("shopify", "graphql"), ("shopify", "rest"), ("woocommerce", None), ("custom", None),
 ])
