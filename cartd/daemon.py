@@ -205,6 +205,7 @@ class Daemon:
         if self.database_error is not None and self.database_error != "not connected yet":
             log.info("database_recovered")
         self.database_error = None
+        self.wake_deliveries()  # what waited for the database goes now
 
     async def _health_loop(self) -> None:
         """Watch the database, migrate once it is there, refresh the delivery gauges."""

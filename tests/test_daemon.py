@@ -77,6 +77,9 @@ async def test_run_delivers_signed_webhooks_from_every_platform_and_stops_on_sig
     async with scripted_receiver() as receiver, daemon(write_config(tmp_path, dsn, receiver.url)) as proc:
         await wait_until(lambda: {b["integration"]["platform"] for b in bodies(receiver)}
                          == {"shopify", "woocommerce", "custom"}, timeout=30)
+        # The first cycle records its agents in several transactions: wait for its end.
+        await wait_until(lambda: "cycle_finished" in (tmp_path / "cartd.log").read_text(),
+                         timeout=30)
         await wait_until(lambda: _all_delivered(store), timeout=30)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0

@@ -385,11 +385,17 @@ async def test_a_database_that_goes_away_and_comes_back(store, dsn, tmp_path):
         await proxy.up()
         await wait_until(lambda: _status_is(d, "database", "ok"), timeout=20)
         await d.actl("run-once")
+        # What was enqueued before and during the outage is delivered without help.
+        await wait_until(lambda: _nothing_pending(store), timeout=20)
         assert await d.terminate() == 0
     await proxy.down()
     counts = await store.delivery_counts()
     assert counts["pending"] == 0 and counts["delivered"] == len(
         {h["webhook-id"] for h, _ in receiver.requests})
+
+
+async def _nothing_pending(store: Store) -> bool:
+    return (await store.delivery_counts())["pending"] == 0
 
 
 async def _scraped_at_least(d: Cartd, name: str, n: float) -> bool:
