@@ -225,7 +225,10 @@ class Store:
                 INSERT INTO cartd.instances (id, live_until) VALUES ($2, $3)
                 ON CONFLICT (id) DO UPDATE SET live_until = EXCLUDED.live_until
             ), gone AS (
-                DELETE FROM cartd.instances WHERE live_until < $4 AND id <> $2
+                -- rows another instance is deleting are skipped: no waiting, no deadlock
+                DELETE FROM cartd.instances WHERE id IN (
+                    SELECT id FROM cartd.instances WHERE live_until < $4 AND id <> $2
+                    FOR UPDATE SKIP LOCKED)
             )
             SELECT ceil((SELECT count(*) FROM company_agents
                          WHERE is_active AND template_slug = $1)::numeric

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
 from cartd.poller import Poller
 from cartd.store import Outcome, Store
-from helpers import Clock, add_agents, config
+from helpers import SLUG, Clock, add_agents, config
 from test_breaker import enqueue_to
 
 URL = "http://127.0.0.1:9/hook"
@@ -36,6 +37,21 @@ async def test_polling_instances_split_the_agents_and_each_is_polled_once_per_in
     # b is silent: still counted for two intervals (and 5 s), in case it is just slow.
     assert [await interval(a), await interval(a)] == [[45], [45]]
     assert await interval(a) == [90]  # then no longer: a polls b's share too
+
+
+async def test_instances_asking_for_shares_at_once_clear_the_dead_ones_without_errors(store):
+    await add_agents(store, 12)
+    now = Clock().now
+    for n in range(20):  # instances that died long ago
+        await store.pool.execute("INSERT INTO cartd.instances VALUES ($1, $2)",
+                                 f"dead-{n}", now - timedelta(minutes=5))
+    shares = await asyncio.gather(*(
+        store.poll_share(slug=SLUG, instance=f"i{n}", now=now,
+                         live_until=now + timedelta(seconds=65))
+        for n in range(6)))
+    assert all(2 <= share <= 12 for share in shares)  # 1 to 6 instances seen, 12 agents
+    left = {r["id"] for r in await store.pool.fetch("SELECT id FROM cartd.instances")}
+    assert left == {f"i{n}" for n in range(6)}
 
 
 async def test_a_stale_instance_cannot_overwrite_a_delivery_another_took_over(store):
