@@ -343,6 +343,14 @@ async def migrated_store(dsn: str) -> Any:
     return store
 
 
+async def migrated_database(pg: Postgres, name: str) -> str:
+    """A new database with cartd's and the application's tables; its DSN."""
+    dsn = await pg.create(name)
+    store = await migrated_store(dsn)
+    await store.close()
+    return dsn
+
+
 # --------------------------------------------------------------------------------------
 # (a) durable delivery throughput
 
@@ -515,9 +523,7 @@ async def child(kind: str, timeout: float, **params: Any) -> dict[str, Any]:
 
 
 async def cycles(pg: Postgres, agents: int, profile: bool, sink_url: str) -> dict[str, Any]:
-    dsn = await pg.create(f"bench_cycle_{agents}")
-    store = await migrated_store(dsn)
-    await store.close()
+    dsn = await migrated_database(pg, f"bench_cycle_{agents}")
     started = time.perf_counter()
     await app_rows(dsn, agents)
     seed_seconds = time.perf_counter() - started
@@ -580,9 +586,7 @@ async def daemon_rss(pg: Postgres, sink: Sink, agents: int, workdir: Path) -> di
     import asyncpg
     import yaml
 
-    dsn = await pg.create("bench_daemon")
-    store = await migrated_store(dsn)
-    await store.close()
+    dsn = await migrated_database(pg, "bench_daemon")
     await app_rows(dsn, agents)
     conf = {
         "state_dir": str(workdir / "var"),
@@ -655,9 +659,7 @@ async def daemon_rss(pg: Postgres, sink: Sink, agents: int, workdir: Path) -> di
 
 async def short_cycles(pg: Postgres, sink: Sink, agents: int, count: int) -> dict[str, Any]:
     """Runs `short_cycles_child` in a fresh process, so that its RSS is its own."""
-    dsn = await pg.create("bench_short")
-    store = await migrated_store(dsn)
-    await store.close()
+    dsn = await migrated_database(pg, "bench_short")
     await app_rows(dsn, agents)
     return await child("short", max(300, count), dsn=dsn, url=sink.url, agents=agents,
                        count=count)

@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import encode_basic_auth, web
 
+from helpers import serving
+
 TOKEN = "shpat_fake_token_0123456789"
 CONSUMER_KEY = "ck_fake_key_0123456789"
 CONSUMER_SECRET = "cs_fake_secret_0123456789"
@@ -338,11 +340,6 @@ def _custom_cart(cart: FakeCart) -> dict[str, Any]:
 async def fake_store() -> AsyncIterator[FakeStore]:
     """A FakeStore listening on 127.0.0.1 for the duration of the block."""
     store = FakeStore()
-    runner = web.AppRunner(store.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    store.root = f"http://127.0.0.1:{port}"
-    yield store
-    await runner.cleanup()
+    async with serving(store.app()) as root:
+        store.root = root
+        yield store

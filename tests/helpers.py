@@ -122,16 +122,25 @@ class Scripted:
 
 
 @asynccontextmanager
-async def scripted_receiver() -> AsyncIterator[Scripted]:
-    """A Scripted receiver listening on 127.0.0.1 for the duration of the block."""
-    scripted = Scripted()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", scripted.handle)
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """`app` listening on a free port of 127.0.0.1 for the block; yields its base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    scripted.url = f"http://127.0.0.1:{port}/webhook"
-    yield scripted
-    await runner.cleanup()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def scripted_receiver() -> AsyncIterator[Scripted]:
+    """A Scripted receiver listening on 127.0.0.1 for the duration of the block."""
+    scripted = Scripted()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", scripted.handle)
+    async with serving(app) as root:
+        scripted.url = f"{root}/webhook"
+        yield scripted

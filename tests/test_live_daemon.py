@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -16,11 +12,11 @@ from pathlib import Path
 import yaml
 
 from fakestore import CONSUMER_SECRET, CUSTOM_TOKEN, TOKEN, fake_store, make_carts
-from helpers import ROOT, Scripted, add_agents, scripted_receiver, wait_until
+from helpers import Scripted, add_agents, scripted_receiver, wait_until
+from test_daemon import daemon
 
 
-@asynccontextmanager
-async def daemon(tmp_path: Path, dsn: str, url: str) -> AsyncIterator[asyncio.subprocess.Process]:
+def live_config(tmp_path: Path, dsn: str, url: str) -> Path:
     config = tmp_path / "cartd.yaml"
     config.write_text(yaml.safe_dump({
         "state_dir": str(tmp_path / "var"), "database": {"dsn": dsn},
@@ -28,17 +24,7 @@ async def daemon(tmp_path: Path, dsn: str, url: str) -> AsyncIterator[asyncio.su
         "control": {"socket": str(tmp_path / "cartd.sock")}, "metrics": {"listen": ""},
         "logging": {"format": "json"}, "shutdown_timeout": "5s",
     }))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cartd", "--config", str(config), "run", cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=(tmp_path / "cartd.log").open("ab"),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    return config
 
 
 def received(receiver: Scripted, event: str) -> list[tuple[str, str, Decimal]]:
@@ -61,7 +47,7 @@ async def test_the_daemon_delivers_live_carts_and_their_recovery(store, dsn, tmp
                                    ("woocommerce", fake.woocommerce("w")),
                                    ("custom", fake.custom("c"))):
             await add_agents(store, 1, platforms=(platform,), integration_config=settings)
-        async with daemon(tmp_path, dsn, receiver.url) as process:
+        async with daemon(live_config(tmp_path, dsn, receiver.url)) as process:
             await wait_until(lambda: len(received(receiver, "abandoned_cart.detected")) >= 16,
                              timeout=30)
             shops["g"].complete(101, datetime.now(UTC))
