@@ -535,10 +535,12 @@ async def cycles(pg: Postgres, agents: int, profile: bool, sink_url: str) -> dic
 
 async def cycles_child(dsn: str, agents: int, profile: bool, sink_url: str) -> dict[str, Any]:
     """The cycles of (b), in a fresh process (the parent has seeded the database)."""
+    from cartd.daemon import tune_gc
     from cartd.poller import Poller
     from cartd.store import Store
 
     quiet_logs()
+    tune_gc()  # as `cartd run` does
     store = await Store.connect(dsn, 1, 10)
     config = bench_config(platforms={"mock": {"carts_per_hour": CYCLE_CARTS_PER_HOUR}},
                           polling={"interval": INTERVAL},
@@ -670,11 +672,13 @@ async def short_cycles_child(dsn: str, url: str, agents: int, count: int) -> dic
     the daemon; RSS of this process every count/10 cycles."""
     import gc
 
+    from cartd.daemon import tune_gc
     from cartd.delivery import Deliverer
     from cartd.poller import Poller
     from cartd.store import Store
 
     quiet_logs()
+    tune_gc()  # as `cartd run` does
     store = await Store.connect(dsn, 1, 10)
     config = bench_config(platforms={"mock": {"carts_per_hour": SHORT_CARTS_PER_HOUR}},
                           polling={"interval": INTERVAL},

@@ -155,10 +155,11 @@ def _cmd_seed_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from cartd.daemon import Daemon
+    from cartd.daemon import Daemon, tune_gc
 
     config, path = _load(args)
     logs.configure(config.logging.level, config.logging.format)
+    tune_gc()
     asyncio.run(Daemon(config, path, config_missing_ok=args.config is None).run())
     return EXIT_OK
 
@@ -235,10 +236,12 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from cartd.daemon import tune_gc
     from cartd.demo import run_demo
 
     config, _ = _load(args)
     logs.configure("warning", "console")
+    tune_gc()
     try:
         return asyncio.run(run_demo(config, agents=args.agents, cycles=args.cycles,
                                     interval=args.interval, state_dir=args.state_dir))
