@@ -10,6 +10,7 @@ from uuid import UUID
 from cartd.config import Config
 from cartd.sources.http import close
 from cartd.sources.live import fetch_live
+from cartd.sources.mock import mock_carts
 from cartd.sources.model import Cart, IntegrationError
 
 __all__ = ["PLATFORMS", "Fetched", "Integration", "IntegrationError", "close", "fetch"]
@@ -58,8 +59,6 @@ async def fetch(
     store what changed within `carts.max_age`: older carts are never abandoned ones.
     """
     if integration.mode == "mock":
-        from cartd.sources.mock import mock_carts
-
         epoch = mock_epoch or now - FIRST_POLL_HISTORY
         carts, malformed = mock_carts(
             integration.platform, str(integration.id), epoch, since, now, config.platforms.mock

@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 from faker import Faker
@@ -29,6 +29,7 @@ _RECOVERY = (600, 43200)  # completion: 10 minutes to 12 hours after the last ac
 _DISCOUNT_PERCENT = 15  # share of Shopify carts with a 10 % discount
 _WORDS = struct.Struct("<16I")
 _QUANTITIES = 3  # a line holds 1 to 3 units
+_STATUSES = ("pending", "failed", "checkout-draft")  # of a WooCommerce order not yet placed
 
 
 class _Person(NamedTuple):
@@ -43,6 +44,7 @@ class _Person(NamedTuple):
 
 
 class _Product(NamedTuple):
+    index: int  # in _PRODUCTS
     product_id: int
     variant_id: int
     sku: str
@@ -116,6 +118,7 @@ def _pools(seed: int) -> tuple[tuple[_Person, ...], tuple[_Product, ...], tuple[
         quantities = range(1, _QUANTITIES + 1)
         products.append(
             _Product(
+                index=number,
                 product_id=product_id,
                 variant_id=variant_id,
                 sku=fake.bothify("??-#####").upper(),
@@ -170,40 +173,46 @@ def _slots(
     if since is not None:
         oldest = max(oldest, since - _IDLE[1] - _RECOVERY[1])
     recovered = int(mock.recovery_rate * 2**32)
-    products = len(_PRODUCTS)
+    seed, prefix, unpack = store.seed, f"mock_{store.tag}_", _WORDS.unpack
+    idle_min, idle_span = _IDLE[0], _IDLE[1] - _IDLE[0] + 1
+    recovery_min, recovery_span = _RECOVERY[0], _RECOVERY[1] - _RECOVERY[0] + 1
+    people, products = _PEOPLE, _PRODUCTS
+    too_old = now - MAX_AGE
     for k in range(int(oldest // width), int(now // width) + 1):
-        hasher = store.seed.copy()
+        hasher = seed.copy()
         hasher.update(str(k).encode())
         digest = hasher.digest()
-        words = _WORDS.unpack(digest)
+        words = unpack(digest)
         created = int(k * width + words[0] / 2**32 * width)
-        last = created + _IDLE[0] + words[1] % (_IDLE[1] - _IDLE[0] + 1)
-        if created < epoch or last > now or last < now - MAX_AGE:
+        last = created + idle_min + words[1] % idle_span
+        if created < epoch or last > now or last < too_old:
             continue
         completed = None
         if words[2] < recovered:
-            completed = last + _RECOVERY[0] + words[3] % (_RECOVERY[1] - _RECOVERY[0] + 1)
+            completed = last + recovery_min + words[3] % recovery_span
             if completed > now:
                 completed = None
         if since is not None and (completed or last) <= since:
             continue
         shape = words[5]
+        # Positional: a named tuple is built twice as fast without keywords.
         yield _Slot(
-            k=k,
-            cart_id=f"mock_{store.tag}_{k}",
-            token=digest[40:56].hex(),
-            created=created,
-            last=last,
-            completed=completed,
-            person=_PEOPLE[words[4] % len(_PEOPLE)],
-            lines=[(_PRODUCTS[w % products], 1 + (w >> 16) % _QUANTITIES)
-                   for w in words[6 : 7 + shape % 4]],
-            discount=(shape >> 8) % 100 < _DISCOUNT_PERCENT,
-            status=("pending", "failed", "checkout-draft")[(shape >> 16) % 3],
+            k,  # k
+            prefix + str(k),  # cart_id
+            digest[40:56].hex(),  # token
+            created,  # created
+            last,  # last
+            completed,  # completed
+            people[words[4] % len(people)],  # person
+            [(products[w % len(products)], 1 + (w >> 16) % _QUANTITIES)
+             for w in words[6 : 7 + shape % 4]],  # lines
+            (shape >> 8) % 100 < _DISCOUNT_PERCENT,  # discount
+            _STATUSES[(shape >> 16) % 3],  # status
         )
 
 
 _CLOCK = tuple(f"{hour:02d}:{minute:02d}:" for hour in range(24) for minute in range(60))
+_SECONDS = tuple(f"{second:02d}" for second in range(60))
 
 
 @lru_cache(maxsize=16)
@@ -214,29 +223,53 @@ def _day(day: int) -> str:
 def _gmt(moment: int) -> str:
     """ISO 8601 UTC without a zone suffix, as WooCommerce's `*_gmt` dates (strftime is slower)."""
     day, second = divmod(moment, 86400)
-    return f"{_day(day)}{_CLOCK[second // 60]}{second % 60:02d}"
+    minute, second = divmod(second, 60)
+    return _day(day) + _CLOCK[minute] + _SECONDS[second]
 
 
 def _z(moment: int) -> str:
     return f"{_gmt(moment)}Z"
 
 
+# The parts of records that repeat (a customer, a line) are made once and shared by the
+# records that hold them: a record is read, never changed.
+
+
+@cache
+def _shopify_customer(number: int) -> dict[str, Any] | None:
+    person = _PEOPLE[number]
+    if not (person.email or person.phone):
+        return None
+    state = "SUBSCRIBED" if person.accepts_marketing else "NOT_SUBSCRIBED"
+    return {
+        "id": person.shopify_id,
+        "email": person.email,
+        "firstName": person.first,
+        "lastName": person.last,
+        "phone": person.phone,
+        "emailMarketingConsent": {"marketingState": state} if person.email else None,
+    }
+
+
+@cache
+def _shopify_line(index: int, quantity: int, currency: str) -> dict[str, Any]:
+    product = _PRODUCTS[index]
+    return {
+        "title": product.title,
+        "variantTitle": product.variant_title,
+        "sku": product.sku,
+        "quantity": quantity,
+        "variant": {"id": product.variant_gid},
+        "product": {"id": product.product_gid},
+        "originalUnitPriceSet": {"shopMoney": {"amount": product.price, "currencyCode": currency}},
+    }
+
+
 def _shopify(store: _Store, slot: _Slot) -> dict[str, Any]:
-    person, currency = slot.person, store.currency
+    currency = store.currency
     cents = sum(product.cents * quantity for product, quantity in slot.lines)
     if slot.discount:
         cents -= cents // 10
-    customer = None
-    if person.email or person.phone:
-        state = "SUBSCRIBED" if person.accepts_marketing else "NOT_SUBSCRIBED"
-        customer = {
-            "id": person.shopify_id,
-            "email": person.email,
-            "firstName": person.first,
-            "lastName": person.last,
-            "phone": person.phone,
-            "emailMarketingConsent": {"marketingState": state} if person.email else None,
-        }
     return {
         "id": f"gid://shopify/AbandonedCheckout/{slot.cart_id}",
         "name": f"#{slot.k}",
@@ -244,25 +277,46 @@ def _shopify(store: _Store, slot: _Slot) -> dict[str, Any]:
         "createdAt": _z(slot.created),
         "updatedAt": _z(slot.completed or slot.last),
         "completedAt": None if slot.completed is None else _z(slot.completed),
-        "customer": customer,
+        "customer": _shopify_customer(slot.person.number),
         "totalPriceSet": {"shopMoney": {"amount": _price(cents), "currencyCode": currency}},
         "lineItems": {
-            "nodes": [
-                {
-                    "title": product.title,
-                    "variantTitle": product.variant_title,
-                    "sku": product.sku,
-                    "quantity": quantity,
-                    "variant": {"id": product.variant_gid},
-                    "product": {"id": product.product_gid},
-                    "originalUnitPriceSet": {
-                        "shopMoney": {"amount": product.price, "currencyCode": currency}
-                    },
-                }
-                for product, quantity in slot.lines
-            ]
+            "nodes": [_shopify_line(product.index, quantity, currency)
+                      for product, quantity in slot.lines]
         },
     }
+
+
+@cache
+def _woocommerce_billing(number: int) -> dict[str, Any]:
+    person = _PEOPLE[number]
+    return {
+        "first_name": person.first,
+        "last_name": person.last,
+        "email": person.email or "",
+        "phone": person.phone or "",
+    }
+
+
+@cache
+def _woocommerce_line(position: int, index: int, quantity: int) -> dict[str, Any]:
+    product = _PRODUCTS[index]
+    return {
+        "id": position,
+        "name": product.title,
+        "product_id": product.product_id,
+        "variation_id": product.variant_id if product.variant_title else 0,
+        "quantity": quantity,
+        "subtotal": product.line_prices[quantity - 1],
+        "total": product.line_prices[quantity - 1],
+        "sku": product.sku,
+        "price": product.number,
+    }
+
+
+_WOOCOMMERCE_CONSENT = {
+    consent: [{"key": "_cartd_marketing_consent", "value": "yes" if consent else "no"}]
+    for consent in (False, True)
+}
 
 
 def _woocommerce(store: _Store, slot: _Slot) -> dict[str, Any]:
@@ -280,29 +334,10 @@ def _woocommerce(store: _Store, slot: _Slot) -> dict[str, Any]:
         "date_completed_gmt": None,
         "total": _price(cents),
         "customer_id": 1000 + person.number if person.email else 0,
-        "billing": {
-            "first_name": person.first,
-            "last_name": person.last,
-            "email": person.email or "",
-            "phone": person.phone or "",
-        },
-        "line_items": [
-            {
-                "id": index,
-                "name": product.title,
-                "product_id": product.product_id,
-                "variation_id": product.variant_id if product.variant_title else 0,
-                "quantity": quantity,
-                "subtotal": product.line_prices[quantity - 1],
-                "total": product.line_prices[quantity - 1],
-                "sku": product.sku,
-                "price": product.number,
-            }
-            for index, (product, quantity) in enumerate(slot.lines, 1)
-        ],
-        "meta_data": [
-            {"key": "_cartd_marketing_consent", "value": "yes" if person.accepts_marketing else "no"}
-        ],
+        "billing": _woocommerce_billing(person.number),
+        "line_items": [_woocommerce_line(position, product.index, quantity)
+                       for position, (product, quantity) in enumerate(slot.lines, 1)],
+        "meta_data": _WOOCOMMERCE_CONSENT[person.accepts_marketing],
         "payment_url": (
             f"https://{store.host}/checkout/order-pay/{slot.k}/"
             f"?pay_for_order=true&key=wc_order_{slot.token[:13]}"
@@ -310,31 +345,39 @@ def _woocommerce(store: _Store, slot: _Slot) -> dict[str, Any]:
     }
 
 
+@cache
+def _custom_customer(number: int) -> dict[str, Any]:
+    person = _PEOPLE[number]
+    return {
+        "id": person.custom_id,
+        "email": person.email,
+        "first_name": person.first,
+        "last_name": person.last,
+        "phone": person.phone,
+        "accepts_marketing": person.accepts_marketing,
+    }
+
+
+@cache
+def _custom_item(index: int, quantity: int) -> dict[str, Any]:
+    product = _PRODUCTS[index]
+    return {
+        "product_id": product.product_key,
+        "variant_id": product.variant_key,
+        "sku": product.sku,
+        "title": product.title,
+        "quantity": quantity,
+        "unit_price": product.number,
+        "line_total": product.line_numbers[quantity - 1],
+    }
+
+
 def _custom(store: _Store, slot: _Slot) -> dict[str, Any]:
-    person = slot.person
     cents = sum(product.cents * quantity for product, quantity in slot.lines)
     record: dict[str, Any] = {
         "cart_id": slot.cart_id,
-        "customer": {
-            "id": person.custom_id,
-            "email": person.email,
-            "first_name": person.first,
-            "last_name": person.last,
-            "phone": person.phone,
-            "accepts_marketing": person.accepts_marketing,
-        },
-        "items": [
-            {
-                "product_id": product.product_key,
-                "variant_id": product.variant_key,
-                "sku": product.sku,
-                "title": product.title,
-                "quantity": quantity,
-                "unit_price": product.number,
-                "line_total": product.line_numbers[quantity - 1],
-            }
-            for product, quantity in slot.lines
-        ],
+        "customer": _custom_customer(slot.person.number),
+        "items": [_custom_item(product.index, quantity) for product, quantity in slot.lines],
         "currency": store.currency,
         "total_value": cents / 100,
         "created_at": _z(slot.created),
