@@ -19,7 +19,7 @@ from cartd import payload
 from cartd.config import Config, parse_duration
 from cartd.sources import Fetched, Integration, IntegrationError, fetch
 from cartd.sources.model import Cart, iso
-from cartd.store import NewDelivery, SourceState, Store
+from cartd.store import AgentWork, NewDelivery, SourceState, Store
 
 log = structlog.get_logger("cartd.poller")
 
@@ -27,6 +27,7 @@ BATCH = 500  # agents per claim at most
 CHUNKS = 4  # a share is claimed in about this many claims, so late starters get theirs
 LIVE_SLACK = timedelta(seconds=5)  # an instance counts as polling this long past 2 intervals
 CART_BATCH = 2000  # about this many carts are held in memory and recorded per transaction
+WRITERS = 2  # transactions of a batch in flight at once
 CURSOR_OVERLAP = timedelta(minutes=5)
 AGENT_LEASE_FLOOR = timedelta(seconds=30)
 
@@ -165,22 +166,43 @@ class Poller:
         lease = max(2 * interval, AGENT_LEASE_FLOOR)
         delivery_ids: list[str] = []
         await self.store.register_agents(config.polling.template_slug)
+        # The next claim and the batch's last transactions run while a batch is fetched
+        # and sifted: the database and this process work side by side.
         claimed = 0
-        while True:
-            limit = BATCH if force else await self._claim_size(config, now, interval, claimed)
-            if not limit:
-                break
-            agents = await self.store.claim_agents(
-                slug=config.polling.template_slug, instance=self.instance_id, now=now,
-                interval=interval, lease=lease, limit=limit, force=force,
-            )
-            if not agents:
-                break
-            claimed += len(agents)
-            delivery_ids += await self._batch(agents, config, now, summary)
+        claim = asyncio.create_task(self._claim(config, now, interval, lease, force, claimed))
+        writes: list[asyncio.Task[list[NewDelivery]]] = []
+        try:
+            while agents := await claim:
+                claimed += len(agents)
+                claim = asyncio.create_task(
+                    self._claim(config, now, interval, lease, force, claimed))
+                ids, running = await self._batch(agents, config, now, summary)
+                delivery_ids += ids
+                for task in writes:
+                    delivery_ids += self._enqueued(await task, summary)
+                writes = running
+            for task in writes:
+                delivery_ids += self._enqueued(await task, summary)
+            writes = []
+        finally:
+            pending = [task for task in (claim, *writes) if not task.done()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         summary.platforms_processed = len(summary.platforms)
         summary.duration_seconds = round(time.monotonic() - started, 3)
         return summary, delivery_ids
+
+    async def _claim(self, config: Config, now: datetime, interval: timedelta,
+                     lease: timedelta, force: bool, claimed: int) -> list[AgentWork]:
+        """The next batch of agents to poll; empty when there is none (or no share left)."""
+        limit = BATCH if force else await self._claim_size(config, now, interval, claimed)
+        if not limit:
+            return []
+        return await self.store.claim_agents(
+            slug=config.polling.template_slug, instance=self.instance_id, now=now,
+            interval=interval, lease=lease, limit=limit, force=force,
+        )
 
     async def _claim_size(self, config: Config, now: datetime, interval: timedelta,
                           claimed: int) -> int:
@@ -198,11 +220,13 @@ class Poller:
         await self.store.leave_polling(self.instance_id)
 
     async def _batch(self, agents: list[Any], config: Config, now: datetime,
-                     summary: CycleSummary) -> list[str]:
+                     summary: CycleSummary
+                     ) -> tuple[list[str], list[asyncio.Task[list[NewDelivery]]]]:
         """Fetch the agents' integrations, `source_concurrency` at a time, and
         record them in groups of about CART_BATCH carts, one transaction each, so that
-        memory holds a few groups whatever the batch brings. A group is written while the
-        next one is fetched; the last transaction releases the agents."""
+        memory holds a few groups whatever the batch brings. Groups are written while the
+        next ones are fetched, WRITERS at a time. Returns the deliveries written and the
+        transactions still running; the last one releases the agents."""
         summary.agents_found += len(agents)
         candidates: list[tuple[Any, Rules, Integration]] = []
         for agent in agents:
@@ -226,7 +250,7 @@ class Poller:
         ahead = config.polling.source_concurrency
         fetched: asyncio.Queue[_Job] = asyncio.Queue()
         fetching: set[asyncio.Task[None]] = set()
-        writing: asyncio.Task[list[NewDelivery]] | None = None
+        writing: deque[asyncio.Task[list[NewDelivery]]] = deque()
         delivery_ids: list[str] = []
         group: list[_Job] = []
         held = 0
@@ -252,22 +276,22 @@ class Poller:
                 held += self._sift(job, config, now, summary)
                 group.append(job)
                 if held >= CART_BATCH:
-                    if writing is not None:
-                        delivery_ids += self._enqueued(await writing, summary)
-                    writing = asyncio.create_task(self._record(group, [], config, now, summary))
+                    if len(writing) >= WRITERS:
+                        delivery_ids += self._enqueued(await writing[0], summary)
+                        writing.popleft()
+                    writing.append(
+                        asyncio.create_task(self._record(group, [], config, now, summary)))
                     group, held = [], 0
-            if writing is not None:
-                delivery_ids += self._enqueued(await writing, summary)
-            writing = None
             released = [a.id for a in agents]
-            delivery_ids += self._enqueued(
-                await self._record(group, released, config, now, summary), summary)
+            writing.append(
+                asyncio.create_task(self._record(group, released, config, now, summary)))
+            running, writing = list(writing), deque()
         finally:
-            pending = [*fetching] + ([writing] if writing is not None else [])
+            pending = [*fetching, *writing]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        return delivery_ids
+        return delivery_ids, running
 
     @staticmethod
     def _sift(job: _Job, config: Config, now: datetime, summary: CycleSummary) -> int:
@@ -296,12 +320,14 @@ class Poller:
         """One transaction: the jobs' new carts, recoveries, deliveries and cursors, and the
         release of `agents`' claims."""
 
-        def build(new: set[tuple[Any, str]], recovered: set[tuple[Any, str]]) -> list[NewDelivery]:
+        def build(new: dict[Any, set[str]], recovered: dict[Any, set[str]]) -> list[NewDelivery]:
             out: list[NewDelivery] = []
+            nothing: set[str] = set()
             for job in done:
                 iid = job.integration.id
-                fresh = [c for c in job.keep if (iid, c.cart_id) in new]
-                back = [c for c in job.completed if (iid, c.cart_id) in recovered]
+                got, back_ids = new.get(iid, nothing), recovered.get(iid, nothing)
+                fresh = [c for c in job.keep if c.cart_id in got]
+                back = [c for c in job.completed if c.cart_id in back_ids]
                 self._count(summary, job, fresh, back)
                 out += self._deliveries(job, config, now, payload.DETECTED, fresh)
                 out += self._deliveries(job, config, now, payload.RECOVERED, back)

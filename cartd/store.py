@@ -142,6 +142,17 @@ _CLAIM_ANY = _CLAIM.format(destination="COALESCE(url, $6) <> ALL($5)")
 _CLAIM_OVERRIDES = _CLAIM.format(destination="url IS NOT NULL AND url <> ALL($5)")
 
 
+def _by_integration(rows: list[Any]) -> dict[Any, set[str]]:
+    """(integration_id, cart_id) rows as the set of cart ids of each integration."""
+    out: dict[Any, set[str]] = {}
+    for integration_id, cart_id in rows:
+        if integration_id in out:
+            out[integration_id].add(cart_id)
+        else:
+            out[integration_id] = {cart_id}
+    return out
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -265,8 +276,8 @@ class Store:
     ) -> list[NewDelivery]:
         """One transaction: remember new carts, mark recoveries, write deliveries, move cursors.
 
-        `build(new, recovered)` receives the (integration id, cart id) pairs that were
-        really new and really recovered, and returns the deliveries to write.
+        `build(new, recovered)` receives the ids of the carts that were really new and
+        really recovered, by integration id, and returns the deliveries to write.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             new = await conn.fetch(
@@ -282,10 +293,7 @@ class Store:
                 " RETURNING s.integration_id, s.cart_id",
                 [i for i, _ in completed], [c for _, c in completed], now,
             )
-            deliveries: list[NewDelivery] = build(
-                {(r["integration_id"], r["cart_id"]) for r in new},
-                {(r["integration_id"], r["cart_id"]) for r in recovered},
-            )
+            deliveries: list[NewDelivery] = build(_by_integration(new), _by_integration(recovered))
             if deliveries:
                 await conn.copy_records_to_table(
                     "deliveries", schema_name="cartd",
