@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from cartd import payload
 from cartd.config import MockConfig
 from cartd.sources import custom, shopify, woocommerce
 from cartd.sources.mock import MAX_AGE, mock_carts, mock_records
@@ -340,6 +342,26 @@ def test_custom_string_money_updated_at_and_completion() -> None:
     assert cart.last_activity == at("2026-11-23T09:00:00Z")
     assert cart.completed_at == at("2026-11-23T10:00:00Z")
     assert cart.order_id == "991"
+
+
+def test_body_times_are_utc_to_the_second_with_z() -> None:
+    """Stores and clocks with other offsets and fractions of seconds: the webhook body
+    always says UTC, to the second, with `Z`."""
+    cart = custom.normalise(custom_cart(
+        created_at="2026-11-23T10:10:00.654321+02:00",
+        abandoned_at="2026-11-23T03:25:59.9-05:00",
+        completed_at="2026-11-23T09:00:00.5Z",
+    ))
+    now = datetime(2026, 11, 23, 13, 30, 1, 999999, tzinfo=timezone(timedelta(hours=3)))
+    detected = json.loads(payload.build(event=payload.DETECTED, now=now, agent={}, company={},
+                                        integration={"platform": "custom"}, carts=[cart]))
+    assert detected["timestamp"] == "2026-11-23T10:30:01Z"
+    entry = detected["abandoned_carts"][0]
+    assert (entry["created_at"], entry["abandoned_at"]) == ("2026-11-23T08:10:00Z",
+                                                            "2026-11-23T08:25:59Z")
+    recovered = json.loads(payload.build(event=payload.RECOVERED, now=now, agent={}, company={},
+                                         integration={"platform": "custom"}, carts=[cart]))
+    assert recovered["abandoned_carts"][0]["recovered_at"] == "2026-11-23T09:00:00Z"
 
 
 # Malformed records
