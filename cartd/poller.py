@@ -166,26 +166,22 @@ class Poller:
         lease = max(2 * interval, AGENT_LEASE_FLOOR)
         delivery_ids: list[str] = []
         await self.store.register_agents(config.polling.template_slug)
-        # The next claim and the batch's last transactions run while a batch is fetched
-        # and sifted: the database and this process work side by side.
+        # The next claim and up to WRITERS transactions run while a batch is fetched and
+        # sifted: the database and this process work side by side.
         claimed = 0
         claim = asyncio.create_task(self._claim(config, now, interval, lease, force, claimed))
-        writes: list[asyncio.Task[list[NewDelivery]]] = []
+        writing: deque[asyncio.Task[list[NewDelivery]]] = deque()
         try:
             while agents := await claim:
                 claimed += len(agents)
                 claim = asyncio.create_task(
                     self._claim(config, now, interval, lease, force, claimed))
-                ids, running = await self._batch(agents, config, now, summary)
-                delivery_ids += ids
-                for task in writes:
-                    delivery_ids += self._enqueued(await task, summary)
-                writes = running
-            for task in writes:
-                delivery_ids += self._enqueued(await task, summary)
-            writes = []
+                delivery_ids += await self._batch(agents, config, now, summary, writing)
+            while writing:
+                delivery_ids += self._enqueued(await writing[0], summary)
+                writing.popleft()
         finally:
-            pending = [task for task in (claim, *writes) if not task.done()]
+            pending = [task for task in (claim, *writing) if not task.done()]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -220,13 +216,13 @@ class Poller:
         await self.store.leave_polling(self.instance_id)
 
     async def _batch(self, agents: list[Any], config: Config, now: datetime,
-                     summary: CycleSummary
-                     ) -> tuple[list[str], list[asyncio.Task[list[NewDelivery]]]]:
+                     summary: CycleSummary,
+                     writing: deque[asyncio.Task[list[NewDelivery]]]) -> list[str]:
         """Fetch the agents' integrations, `source_concurrency` at a time, and
         record them in groups of about CART_BATCH carts, one transaction each, so that
-        memory holds a few groups whatever the batch brings. Groups are written while the
-        next ones are fetched, WRITERS at a time. Returns the deliveries written and the
-        transactions still running; the last one releases the agents."""
+        memory holds a few groups whatever the batch brings. The transactions run in
+        `writing` while the next groups are fetched, WRITERS at most; the batch's last one
+        releases the agents. Returns the ids of the deliveries whose transaction ended."""
         summary.agents_found += len(agents)
         candidates: list[tuple[Any, Rules, Integration]] = []
         for agent in agents:
@@ -250,7 +246,6 @@ class Poller:
         ahead = config.polling.source_concurrency
         fetched: asyncio.Queue[_Job] = asyncio.Queue()
         fetching: set[asyncio.Task[None]] = set()
-        writing: deque[asyncio.Task[list[NewDelivery]]] = deque()
         delivery_ids: list[str] = []
         group: list[_Job] = []
         held = 0
@@ -260,6 +255,12 @@ class Poller:
                 await self._fetch(job, config, now, summary)
             finally:
                 fetched.put_nowait(job)
+
+        async def write(jobs: list[_Job], release: list[Any]) -> None:
+            while len(writing) >= WRITERS:
+                delivery_ids.extend(self._enqueued(await writing[0], summary))
+                writing.popleft()
+            writing.append(asyncio.create_task(self._record(jobs, release, config, now, summary)))
 
         out = 0  # fetches started and not yet taken from the queue
         try:
@@ -276,22 +277,14 @@ class Poller:
                 held += self._sift(job, config, now, summary)
                 group.append(job)
                 if held >= CART_BATCH:
-                    if len(writing) >= WRITERS:
-                        delivery_ids += self._enqueued(await writing[0], summary)
-                        writing.popleft()
-                    writing.append(
-                        asyncio.create_task(self._record(group, [], config, now, summary)))
+                    await write(group, [])
                     group, held = [], 0
-            released = [a.id for a in agents]
-            writing.append(
-                asyncio.create_task(self._record(group, released, config, now, summary)))
-            running, writing = list(writing), deque()
+            await write(group, [a.id for a in agents])
         finally:
-            pending = [*fetching, *writing]
-            for task in pending:
+            for task in fetching:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        return delivery_ids, running
+            await asyncio.gather(*fetching, return_exceptions=True)
+        return delivery_ids
 
     @staticmethod
     def _sift(job: _Job, config: Config, now: datetime, summary: CycleSummary) -> int:
