@@ -26,6 +26,10 @@ log = structlog.get_logger("cartd.delivery")
 
 LEASE_MARGIN = timedelta(seconds=10)
 BUFFER_MAX_AGE = 1.0  # seconds a claimed row may wait in memory for a slot
+# Finished attempts whose outcome is not written yet, at most, in units of concurrency:
+# past that no attempt starts until the writer catches up, so a slow database bounds
+# what a crash would send twice (and keeps each outcome statement small).
+UNRECORDED_MAX = 4
 IDLE_WAIT = 1.0
 RETRYABLE = {408, 425, 429}
 MAX_ANSWER = 64 * 1024  # bytes of a receiver's answer worth reading
@@ -215,7 +219,7 @@ class Deliverer:
         self._urls: dict[str, set[str]] = {}  # the URLs seen for each destination
         self._attempting: set[str] = set()  # ids of the deliveries in flight or being recorded
         self._buffer: dict[str, tuple[Claimed, float]] = {}  # claimed, not started yet
-        self._outcomes = OutcomeWriter(store, instance_id, self._attempting.difference_update)
+        self._outcomes = OutcomeWriter(store, instance_id, self._recorded)
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], str] = {}  # attempts: the delivery ids
         self._cap: Callable[[str], int] = lambda _: 0  # the running claim round's caps
@@ -262,6 +266,13 @@ class Deliverer:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
 
+    def _recorded(self, ids: list[str]) -> None:
+        self._attempting.difference_update(ids)
+        self._wake.set()  # attempts may have waited for these outcomes
+
+    def _unrecorded_full(self, concurrency: int) -> bool:
+        return len(self._attempting) - len(self._inflight) >= UNRECORDED_MAX * concurrency
+
     def _filled(self, _: asyncio.Task[None]) -> None:
         if self._fill_again:
             self._wake.set()
@@ -296,6 +307,8 @@ class Deliverer:
         while True:
             now = self.clock()
             self._start_buffered(config, cap, now, signer)
+            if self._unrecorded_full(concurrency):
+                return False
             free = concurrency - len(self._inflight)
             if free > 0:
                 limit = free + concurrency
@@ -330,7 +343,8 @@ class Deliverer:
     def _start_buffered(self, config: Config, cap: Callable[[str], int], now: datetime,
                         signer: Signer) -> None:
         """Start the held-back rows that have a free slot and an allowance, oldest first."""
-        if len(self._inflight) >= config.webhook.concurrency:
+        concurrency = config.webhook.concurrency
+        if len(self._inflight) >= concurrency or self._unrecorded_full(concurrency):
             return
         blocked: set[str] = set()  # destinations without an allowance left
         for row_id, (row, _) in list(self._buffer.items()):

@@ -9,10 +9,11 @@ import socket
 import uuid
 from datetime import timedelta
 
+import asyncpg
 import pytest
 from standardwebhooks import Webhook
 
-from cartd.delivery import Attempt, Deliverer, decide, retry_after_seconds
+from cartd.delivery import UNRECORDED_MAX, Attempt, Deliverer, decide, retry_after_seconds
 from cartd.payload import dumps, new_webhook_id
 from cartd.store import NewDelivery, Store
 from helpers import Clock, Scripted, config, scripted_receiver, wait_until
@@ -156,6 +157,36 @@ async def test_at_most_concurrency_requests_in_flight(store, receiver):
         await wait_until(lambda: _all_delivered(store, ids), timeout=20)
     assert receiver.peak == 4
     assert sorted(h["webhook-id"] for h, _ in receiver.requests) == sorted(ids)
+
+
+async def test_a_database_that_records_no_outcome_stops_new_attempts(store, dsn, receiver):
+    """While outcomes cannot be written, at most (1 + UNRECORDED_MAX) x concurrency
+    webhooks go out (what a crash then would send twice); once the database writes again,
+    every delivery is recorded and none was sent twice."""
+    # Outcome writes change a row's status; claims do not. The test holds the lock that
+    # a status change waits for.
+    await store.pool.execute("""
+        CREATE FUNCTION test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
+        CREATE TRIGGER hold BEFORE UPDATE ON cartd.deliveries FOR EACH ROW
+            WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION test_hold();
+    """)
+    holder = await asyncpg.connect(dsn)
+    await holder.execute("SELECT pg_advisory_lock(4242)")
+    clock = Clock()
+    ids = await enqueue(store, clock, 300)
+    bound = (1 + UNRECORDED_MAX) * 4
+    async with Running(store, clock, cfg_for(receiver, concurrency=4)):
+        try:
+            await wait_until(lambda: len(receiver.requests) >= UNRECORDED_MAX * 4)
+            for _ in range(20):  # a second without outcomes: the count must stay bounded
+                assert len(receiver.requests) <= bound
+                await asyncio.sleep(0.05)
+        finally:
+            await holder.close()
+        await wait_until(lambda: _all_delivered(store, ids), timeout=30)
+    sent = [h["webhook-id"] for h, _ in receiver.requests]
+    assert sorted(sent) == sorted(ids)
 
 
 async def _all_delivered(store: Store, ids: list[str]) -> bool:
