@@ -27,7 +27,7 @@ BATCH = 500  # agents per claim at most
 CHUNKS = 4  # a share is claimed in about this many claims, so late starters get theirs
 LIVE_SLACK = timedelta(seconds=5)  # an instance counts as polling this long past 2 intervals
 CART_BATCH = 2000  # about this many carts are held in memory and recorded per transaction
-WRITERS = 2  # transactions of a batch in flight at once
+WRITERS = 2  # group transactions of a cycle in flight at once
 CURSOR_OVERLAP = timedelta(minutes=5)
 AGENT_LEASE_FLOOR = timedelta(seconds=30)
 
