@@ -129,10 +129,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     rolled back by asyncpg. The default reset would cost a round trip per statement."""
 
 
-# Only plain columns of the application tables are read, and nothing is grouped by
-# their ids: views over an existing schema serve, which have no keys (README "The
-# database"). The text casts keep types asyncpg would have to look up (varchar, citext,
-# enums) out of the result.
+# Views over an existing schema serve as the application tables (README "The database"):
+# they have no keys, so the agent's columns are grouped by themselves, not by a.id (which
+# PostgreSQL accepts only for a primary key). The casts keep types asyncpg would have to
+# look up (varchar, citext, enums; json, which cannot be grouped) out of the result.
 _CLAIM_AGENTS = """
 WITH due AS (
     SELECT p.agent_id
@@ -150,22 +150,20 @@ WITH due AS (
     SET claimed_by = $2, claimed_at = $3, lease_until = $4, next_poll_at = $5
     FROM due WHERE p.agent_id = due.agent_id
     RETURNING p.agent_id
-), integrations AS (
-    SELECT i.agent_id,
-           jsonb_agg(jsonb_build_object('id', i.id, 'platform', i.platform, 'config', i.config)
-                     ORDER BY i.id) AS list
-    FROM claimed JOIN agent_integrations i ON i.agent_id = claimed.agent_id
-    WHERE i.is_active
-    GROUP BY i.agent_id
 )
-SELECT a.id, a.name::text AS name, a.template_slug::text AS template_slug, a.settings,
+SELECT a.id, a.name::text AS name, a.template_slug::text AS template_slug,
+       a.settings::jsonb AS settings,
        c.id AS company_id, c.name::text AS company_name, c.website::text AS website,
        c.email::text AS email, c.phone::text AS phone,
-       COALESCE(integrations.list, '[]'::jsonb) AS integrations
+       COALESCE(
+         jsonb_agg(jsonb_build_object('id', i.id, 'platform', i.platform, 'config', i.config)
+                   ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL),
+         '[]'::jsonb) AS integrations
 FROM claimed
 JOIN company_agents a ON a.id = claimed.agent_id
 JOIN companies c ON c.id = a.company_id
-LEFT JOIN integrations ON integrations.agent_id = a.id
+LEFT JOIN agent_integrations i ON i.agent_id = a.id AND i.is_active
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 """
 
 # Back to pending, due now, attempts counted afresh; the id (webhook-id) is kept.

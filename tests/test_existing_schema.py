@@ -16,7 +16,8 @@ from cartd.store import Store, problem
 from helpers import SLUG, scripted_receiver
 from test_operations import cartd_run
 
-# The shop's own tables: other names, other columns, no keys; JSON kept as text.
+# The shop's own tables: other names and columns, no keys, JSON as text (and json, not
+# jsonb, in a view).
 SHOP_SCHEMA = """
 CREATE SCHEMA shop;
 CREATE TABLE shop.accounts (account_uuid uuid, title varchar(200), site text,
@@ -30,7 +31,7 @@ CREATE VIEW companies AS
            tel AS phone FROM shop.accounts;
 CREATE VIEW company_agents AS
     SELECT bot_id AS id, account AS company_id, label AS name, kind AS template_slug,
-           state = 'live' AS is_active, options::jsonb AS settings FROM shop.bots;
+           state = 'live' AS is_active, options::json AS settings FROM shop.bots;
 CREATE VIEW agent_integrations AS
     SELECT conn_id AS id, bot AS agent_id, lower(vendor) AS platform, enabled = 1 AS is_active,
            settings_json::jsonb AS config FROM shop.connections;
