@@ -64,6 +64,7 @@ def _ini(folder: Path, dsn: str, port: int, pool_size: int) -> str:
         "auth_type = trust",
         f"auth_file = {folder / 'users.txt'}",
         "pool_mode = transaction",
+        "server_round_robin = 1",  # the idle server connection used longest ago goes next
         f"default_pool_size = {pool_size}",
         "max_client_conn = 500",
         "server_reset_query =",

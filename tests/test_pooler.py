@@ -31,14 +31,23 @@ def cartd(config: Path, *args: str) -> subprocess.CompletedProcess:
 
 async def test_the_pooler_really_moves_sessions_between_server_connections(store, dsn):
     """The control: cartd's pool without `pooler: transaction` breaks on this PgBouncer
-    (asyncpg's named prepared statements stay on the server connection that made them)."""
+    (asyncpg's named prepared statements stay on the server connection that made them),
+    and works with it."""
     with pgbouncer.pgbouncer(dsn, pool_size=2) as via:
-        cached = await Store.connect(via, 4, 4, pooler="none")
-        try:
-            with pytest.raises(asyncpg.InvalidSQLStatementNameError):
-                await asyncio.gather(*(cached.delivery_counts() for _ in range(16)))
-        finally:
-            cached.pool.terminate()
+        for pooler in ("none", "transaction"):
+            pool = (await Store.connect(via, 2, 2, pooler=pooler)).pool
+            try:
+                async with pool.acquire() as one, pool.acquire() as other:
+                    async with other.transaction():  # two server connections, both idle after
+                        await one.execute("SELECT 1")
+                    await one.fetchval("SELECT $1::int", 1)  # on one of them
+                    if pooler == "none":
+                        with pytest.raises(asyncpg.InvalidSQLStatementNameError):
+                            await one.fetchval("SELECT $1::int", 2)  # on the other
+                    else:
+                        assert await one.fetchval("SELECT $1::int", 2) == 2
+            finally:
+                pool.terminate()
 
 
 async def test_migrate_seed_and_several_cycles_with_deliveries_through_pgbouncer(dsn, tmp_path):
