@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -213,14 +215,23 @@ def postgres_pids(folder: str) -> list[int]:
         return []
 
 
+def pgbouncer_pids() -> list[int]:
+    """The PgBouncer this benchmark started, if any."""
+    import psutil
+
+    return [c.pid for c in psutil.Process().children() if c.name() == "pgbouncer"]
+
+
 def cpu_seconds(pids: list[int]) -> float:
+    """CPU time of these processes and of their children that have exited (PostgreSQL
+    backends that closed during a measurement are counted in the postmaster's)."""
     import psutil
 
     total = 0.0
     for pid in pids:
         try:
             times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
+            total += times.user + times.system + times.children_user + times.children_system
         except psutil.Error:
             pass
     return total
@@ -232,6 +243,8 @@ class CpuMeter:
     def __init__(self, pg: Postgres, sink: Sink) -> None:
         self.groups = {"benchmark": lambda: [os.getpid()], "sink": lambda: [sink.proc.pid],
                        "postgres": lambda: postgres_pids(pg.folder)}
+        if pgbouncer_pids():  # (d)
+            self.groups["pgbouncer"] = pgbouncer_pids
         self.used: dict[str, float] = {}
 
     def __enter__(self) -> CpuMeter:
@@ -420,14 +433,20 @@ async def bare_loop(url: str, items: list[tuple[str, bytes]], concurrency: int) 
             "per_second": round(len(items) / seconds, 1), "errors": errors}
 
 
-async def durable(pg: Postgres, sink: Sink, n: int, profile: bool) -> dict[str, Any]:
+async def durable(pg: Postgres, sink: Sink, n: int, profile: bool, *, pooler: str = "none",
+                  route: Callable[[str], str] | None = None, bare_limit: bool = True
+                  ) -> dict[str, Any]:
+    """(a). For (d): the Deliverer's pool with `database.pooler: {pooler}`, reaching the
+    database at `route(dsn)` (PgBouncer) when given; without `bare_limit`, no bare loop."""
     import asyncpg
 
     from cartd import payload
     from cartd.delivery import Deliverer
+    from cartd.store import Store
 
     dsn = await pg.create("bench_delivery")
-    store = await migrated_store(dsn)
+    await (await migrated_store(dsn)).close()
+    store = await Store.connect(route(dsn) if route else dsn, 1, 10, pooler=pooler)
     now = datetime.now(UTC)
     bodies = sample_bodies(200, now)
     rows, items = [], []
@@ -450,9 +469,10 @@ async def durable(pg: Postgres, sink: Sink, n: int, profile: bool) -> dict[str, 
 
     # Warm the sink and the loopback path, then the bare limit.
     await bare_loop(sink.url, items[: min(1000, n)], CONCURRENCY)
-    with CpuMeter(pg, sink) as bare_cpu:
-        bare = await bare_loop(sink.url, items, CONCURRENCY)
-    bare["cpu_seconds"] = bare_cpu.used
+    if bare_limit:
+        with CpuMeter(pg, sink) as bare_cpu:
+            bare = await bare_loop(sink.url, items, CONCURRENCY)
+        bare["cpu_seconds"] = bare_cpu.used
 
     config = bench_config(webhook={"url": sink.url, "secret": SECRET,
                                    "concurrency": CONCURRENCY})
@@ -491,15 +511,16 @@ async def durable(pg: Postgres, sink: Sink, n: int, profile: bool) -> dict[str, 
     counts = await store.delivery_counts()
     await store.close()
     rate = n / seconds
-    return {
+    result = {
         "deliveries": n, "concurrency": CONCURRENCY, "mean_body_bytes": round(body_bytes),
         "durable": {"seconds": round(seconds, 3), "per_second": round(rate, 1),
                     "outcomes": outcomes, "table": counts,
                     "cpu_seconds": durable_cpu.used},
-        "bare": bare,
-        "ratio": round(rate / bare["per_second"], 3),
-        "target_ratio": 0.5,
     }
+    if bare_limit:
+        result.update({"bare": bare, "ratio": round(rate / bare["per_second"], 3),
+                       "target_ratio": 0.5})
+    return result
 
 
 # --------------------------------------------------------------------------------------
@@ -522,18 +543,22 @@ async def child(kind: str, timeout: float, **params: Any) -> dict[str, Any]:
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-async def cycles(pg: Postgres, agents: int, profile: bool, sink_url: str) -> dict[str, Any]:
+async def cycles(pg: Postgres, agents: int, profile: bool, sink_url: str, *,
+                 pooler: str = "none", route: Callable[[str], str] | None = None
+                 ) -> dict[str, Any]:
+    """(b); for (d) with `database.pooler: {pooler}`, through `route(dsn)` when given."""
     dsn = await migrated_database(pg, f"bench_cycle_{agents}")
     started = time.perf_counter()
     await app_rows(dsn, agents)
     seed_seconds = time.perf_counter() - started
-    out = await child("cycles", max(300, agents / 10), dsn=dsn, agents=agents,
-                      profile=profile, sink_url=sink_url)
+    out = await child("cycles", max(300, agents / 10), dsn=route(dsn) if route else dsn,
+                      agents=agents, profile=profile, sink_url=sink_url, pooler=pooler)
     out["seed_seconds"] = round(seed_seconds, 2)
     return out
 
 
-async def cycles_child(dsn: str, agents: int, profile: bool, sink_url: str) -> dict[str, Any]:
+async def cycles_child(dsn: str, agents: int, profile: bool, sink_url: str,
+                       pooler: str) -> dict[str, Any]:
     """The cycles of (b), in a fresh process (the parent has seeded the database)."""
     from cartd.daemon import tune_gc
     from cartd.poller import Poller
@@ -541,7 +566,7 @@ async def cycles_child(dsn: str, agents: int, profile: bool, sink_url: str) -> d
 
     quiet_logs()
     tune_gc()  # as `cartd run` does
-    store = await Store.connect(dsn, 1, 10)
+    store = await Store.connect(dsn, 1, 10, pooler=pooler)
     config = bench_config(platforms={"mock": {"carts_per_hour": CYCLE_CARTS_PER_HOUR}},
                           polling={"interval": INTERVAL},
                           webhook={"url": sink_url, "secret": SECRET})
@@ -556,15 +581,16 @@ async def cycles_child(dsn: str, agents: int, profile: bool, sink_url: str) -> d
         label = "first" if k == 0 else f"incremental_{k}"
         now = t0 + timedelta(seconds=INTERVAL * k)
         with RssSampler() as rss, profiled(profile and k < 2, f"b_cycle_{agents}_{label}"):
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             summary, ids = await poller.run_cycle(now=now)
-            seconds = time.perf_counter() - began
-        runs.append((label, seconds, summary, rss.peak))
+            seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
+        runs.append((label, seconds, summary, rss.peak, cpu))
     incremental = sorted(runs[1:], key=lambda r: r[1])
     out["incremental_seconds"] = [round(r[1], 3) for r in runs[1:]]
-    for label, seconds, summary, peak in (runs[0], ("second", *incremental[1][1:])):
+    for label, seconds, summary, peak, cpu in (runs[0], ("second", *incremental[1][1:])):
         out[label] = {
             "seconds": round(seconds, 3),
+            "process_cpu_seconds": round(cpu, 3),
             "agents": summary.agents_found,
             "integrations": summary.integrations_processed,
             "errors": summary.integration_errors,
@@ -721,6 +747,64 @@ async def short_cycles_child(dsn: str, url: str, agents: int, count: int) -> dic
 
 
 # --------------------------------------------------------------------------------------
+# (d) what `database.pooler: transaction` costs
+
+POOLER_SETUPS = (
+    ("direct, pooler: none", "none", False),
+    ("direct, pooler: transaction", "transaction", False),
+    ("PgBouncer, pooler: transaction", "transaction", True),
+)
+
+
+def through(front: str, dsn: str) -> str:
+    """`dsn`'s database through the PgBouncer whose DSN is `front` (it serves them all)."""
+    return f"{front.rsplit('/', 1)[0]}/{urlsplit(dsn).path.lstrip('/')}"
+
+
+async def pooler_cost(pg: Postgres, sink: Sink, deliveries: int, agents: int) -> dict[str, Any]:
+    """(a) without its bare loop and (b) for `agents`, in each of POOLER_SETUPS, twice:
+    in order, then in reverse (a machine that drifts during the run favours no setup).
+    Each figure is the mean of its two samples."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import pgbouncer
+
+    if pgbouncer.missing():
+        return {"skipped": pgbouncer.missing()}
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in POOLER_SETUPS}
+    with pgbouncer.pgbouncer(pg.uri, pool_size=10) as front:
+        for name, pooler, bounced in (*POOLER_SETUPS, *reversed(POOLER_SETUPS)):
+            route = functools.partial(through, front) if bounced else None
+            a = await durable(pg, sink, deliveries, False, pooler=pooler, route=route,
+                              bare_limit=False)
+            with CpuMeter(pg, sink) as database_cpu:
+                b = await cycles(pg, agents, False, sink.url, pooler=pooler, route=route)
+            used = a["durable"]["cpu_seconds"]
+            samples[name].append({
+                "deliveries_per_second": a["durable"]["per_second"],
+                "cpu_us_per_delivery": round(
+                    sum(v for k, v in used.items() if k != "sink") / deliveries * 1e6),
+                "first_cycle_seconds": b["first"]["seconds"],
+                "next_cycle_seconds": b["second"]["seconds"],
+                "first_cycle_cartd_cpu_seconds": b["first"]["process_cpu_seconds"],
+                "cycles_database_cpu_seconds": round(
+                    database_cpu.used["postgres"] + database_cpu.used.get("pgbouncer", 0), 2),
+            })
+    runs = []
+    for name, pooler, bounced in POOLER_SETUPS:
+        run: dict[str, Any] = {"setup": name, "pooler": pooler, "pgbouncer": bounced,
+                               "samples": samples[name]}
+        for key in samples[name][0]:
+            run[key] = round(sum(x[key] for x in samples[name]) / len(samples[name]), 3)
+        runs.append(run)
+    base = runs[0]
+    for run in runs:
+        run["ratios"] = {key: round(run[key] / base[key], 2) for key in samples[base["setup"]][0]}
+    return {"deliveries": deliveries, "agents": agents,
+            "pgbouncer": "Debian 1.18, pool_mode transaction, default_pool_size 10",
+            "runs": runs}
+
+
+# --------------------------------------------------------------------------------------
 # the run
 
 
@@ -782,12 +866,28 @@ def table(results: dict[str, Any]) -> str:
             row("RSS first / last sample", f"{s['rss_first_mb']:.1f} / {s['rss_last_mb']:.1f} MB",
                 f"growth after warm-up {s['growth_after_warmup_mb']:+.1f} MB")
             row("samples (MB)", "", " ".join(f"{x['rss_mb']:.0f}" for x in s["samples"]))
+    d = results.get("d")
+    if d and "runs" in d:
+        lines.append(f"(d) database.pooler: {d['deliveries']:,} durable deliveries, then (b) "
+                     f"with {d['agents']:,} agents, per setup; x = ratio to the first row")
+        for run in d["runs"]:
+            x = run["ratios"]
+            row(f"{run['setup']}: deliveries",
+                f"{run['deliveries_per_second']:,.0f} /s",
+                f"x{x['deliveries_per_second']:.2f}; CPU {run['cpu_us_per_delivery']:,.0f} us"
+                f" per delivery, x{x['cpu_us_per_delivery']:.2f} (cartd + database side)")
+            row(f"{run['setup']}: first cycle", f"{run['first_cycle_seconds']:.2f} s",
+                f"x{x['first_cycle_seconds']:.2f}; cartd CPU x{x['first_cycle_cartd_cpu_seconds']:.2f},"
+                f" database CPU x{x['cycles_database_cpu_seconds']:.2f}; next cycle"
+                f" {run['next_cycle_seconds']:.2f} s x{x['next_cycle_seconds']:.2f}")
+    elif d:
+        lines.append(f"(d) skipped: {d['skipped']}")
     return "\n".join(lines)
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     params = QUICK if args.quick else FULL
-    only = set(args.only.split(",")) if args.only else {"a", "b", "c"}
+    only = set(args.only.split(",")) if args.only else {"a", "b", "c", "d"}
     quiet_logs()
     results: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
@@ -828,6 +928,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             print(f"(c) {params['short_cycles']:,} short cycles ...", flush=True)
             short = await short_cycles(pg, sink, params["short_agents"], params["short_cycles"])
             results["c"] = {"daemon": daemon, "short": short}
+        if "d" in only:
+            print("(d) database.pooler: none / transaction / through PgBouncer ...", flush=True)
+            results["d"] = await pooler_cost(pg, sink, params["deliveries"], params["agents"][0])
         results["database_version"] = getattr(pg, "version", None)
         results["sink"] = await sink.stats()
         if results["sink"]["bad_signatures"] or results["sink"]["unsigned"]:
@@ -842,7 +945,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small run, well under a minute")
-    parser.add_argument("--only", help="comma-separated parts to run: a,b,c")
+    parser.add_argument("--only", help="comma-separated parts to run: a,b,c,d")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile (a) and the first cycles of (b) into benchmarks/profiles/;"
                              " the figures are then slowed down and results.json is not written")

@@ -13,15 +13,19 @@ from urllib.parse import quote
 import asyncpg
 
 from cartd import __version__, embedded, logs
-from cartd.config import Config, ConfigError, load, resolve_path
+from cartd.config import Config, ConfigError, control_socket, load, resolve_path
 from cartd.control import SocketInUse
-from cartd.store import Store
+from cartd.store import DB_ERRORS, Store, problem
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 
 class UsageError(Exception):
     pass
+
+
+class DatabaseFailed(Exception):
+    """A command's database work failed; the message says how (cartd.store.problem)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
                                      metavar="COMMAND")
     commands.add_parser("run", parents=[common], help="the daemon, in the foreground")
-    commands.add_parser("check-config", parents=[common], help="validate the config")
+    check = commands.add_parser("check-config", parents=[common], help="validate the config")
+    check.add_argument("--no-secrets", action="store_true",
+                       help="do not read database.dsn_file and webhook.secret_file (systemd's"
+                            " ExecReload= cannot see the service's credentials)")
     migrate = commands.add_parser("migrate", parents=[common], help="apply migrations")
     migrate.add_argument("--app-tables", action="store_true",
                          help="also create the application tables (new installs, demos)")
@@ -114,18 +121,20 @@ async def _with_store(config: Config, work: Callable[[Store], Awaitable[Any]]) -
     if not dsn:
         dsn, server = await asyncio.to_thread(embedded.start, config.state_dir)
     try:
-        store = await Store.connect(dsn, 1, 2)
+        store = await Store.connect(dsn, 1, 2, pooler=config.database.pooler)
         try:
             return await work(store)
         finally:
             await store.close()
+    except DB_ERRORS as exc:
+        raise DatabaseFailed(f"database {problem(exc)}") from None
     finally:
         if server is not None:
             await asyncio.to_thread(server.cleanup)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    _, path = _load(args)
+    _, path = _load(args, secrets=not args.no_secrets)
     print(f"{path}: ok")
     return EXIT_OK
 
@@ -192,10 +201,8 @@ def _cmd_ctl(args: argparse.Namespace) -> int:
     import aiohttp
 
     method, path, params = _ctl_request(args)
-    socket_path = args.socket
-    if socket_path is None:
-        config, _ = _load(args, secrets=False)
-        socket_path = config.control.socket
+    socket_path = args.socket or control_socket(resolve_path(args.config),
+                                                missing_ok=args.config is None)
 
     async def call() -> tuple[int, object]:
         connector = aiohttp.UnixConnector(path=socket_path)
@@ -270,11 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cartd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (embedded.EmbeddedUnavailable, SocketInUse) as exc:
+    except (embedded.EmbeddedUnavailable, SocketInUse, DatabaseFailed) as exc:
         print(f"cartd: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        print(f"cartd: database: {_one_line(exc)}", file=sys.stderr)
+        print(f"cartd: database {problem(exc)}", file=sys.stderr)
         return EXIT_RUNTIME
     except OSError as exc:
         print(f"cartd: {_one_line(exc)}", file=sys.stderr)

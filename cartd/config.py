@@ -71,6 +71,7 @@ class DatabaseConfig(Section):
     min_connections: int = Field(1, ge=0, le=1000)
     max_connections: int = Field(10, ge=1, le=1000)
     migrate: bool = True
+    pooler: Literal["none", "transaction"] = "none"
 
 
 class PollingConfig(Section):
@@ -247,8 +248,8 @@ def _read_secret_file(path: str, key: str) -> str:
 def build(raw: Any, env: dict[str, str] | None = None, *, secrets: bool = True) -> Config:
     """Validate a parsed YAML document, apply the environment and secret files.
 
-    `secrets=False` skips the secret files, for commands that never use them (`ctl`)
-    and may run as a user who cannot read them."""
+    `secrets=False` skips the secret files, for `check-config --no-secrets` in places
+    that cannot read them (systemd's ExecReload=, which does not see the credentials)."""
     env = os.environ if env is None else env
     if raw is None:
         raw = {}
@@ -296,6 +297,43 @@ def resolve_path(explicit: str | None, env: dict[str, str] | None = None) -> Pat
         if candidate.exists():
             return candidate
     return DEFAULT_PATHS[-1]
+
+
+# The top-level `control:` block of a YAML file: its line and the indented, blank or
+# comment lines after it.
+_CONTROL_BLOCK = re.compile(r"^control:.*(?:\n(?:[ \t].*|[ \t]*(?:#.*)?))*", re.MULTILINE)
+
+
+def control_socket(path: Path, *, missing_ok: bool = True) -> str:
+    """`control.socket` from the config file at `path`, reading nothing else: `cartd ctl`
+    must reach the daemon when the rest of the file is broken (invalid YAML elsewhere,
+    unknown keys, wrong values, unreadable secret files), which is when it is needed most.
+    The default when the file or the key is absent."""
+    default = ControlConfig.model_fields["socket"].default
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if missing_ok:
+            return default
+        raise ConfigError(f"config: {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        block = _CONTROL_BLOCK.search(text)
+        try:
+            raw = yaml.safe_load(block.group(0)) if block else None
+        except yaml.YAMLError:
+            raise ConfigError(f"control.socket: cannot be read from {path} (invalid YAML);"
+                              " pass --socket PATH") from None
+    control = raw.get("control") if isinstance(raw, dict) else None
+    socket = control.get("socket") if isinstance(control, dict) else None
+    if socket is None:
+        return default
+    if not isinstance(socket, str) or not socket:
+        raise ConfigError("control.socket: must be a path")
+    return socket
 
 
 def load(path: Path, env: dict[str, str] | None = None, *, missing_ok: bool = True,

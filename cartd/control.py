@@ -13,7 +13,7 @@ from uuid import UUID
 
 from aiohttp import web
 
-from cartd.store import DB_ERRORS
+from cartd.store import DB_ERRORS, problem
 
 if TYPE_CHECKING:
     from cartd.daemon import Daemon
@@ -96,7 +96,7 @@ def build_app(daemon: Daemon) -> web.Application:
     async def run_once(_: web.Request) -> web.Response:
         summary = await daemon.run_once()
         if summary is None:
-            return error(f"database unavailable: {daemon.database_error}", 503)
+            return error(f"database: {daemon.database.text()}", 503)
         return reply(summary)
 
     @routes.post("/reload")
@@ -151,7 +151,7 @@ def build_app(daemon: Daemon) -> web.Application:
         except web.HTTPMethodNotAllowed as exc:
             return error(f"{request.method} is not allowed on {request.path}", exc.status)
         except DB_ERRORS as exc:
-            return error(f"database unavailable: {exc}", 503)
+            return error(f"database: {problem(exc)}", 503)
 
     app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
     app.add_routes(routes)

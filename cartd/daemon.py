@@ -24,7 +24,7 @@ from cartd.delivery import Attempt, Deliverer
 from cartd.metrics import Metrics
 from cartd.poller import CycleSummary, Poller
 from cartd.sources import PLATFORMS
-from cartd.store import DB_ERRORS, Claimed, Store
+from cartd.store import DB_ERRORS, Claimed, DatabaseProblem, Store, problem
 
 log = structlog.get_logger("cartd.daemon")
 
@@ -56,11 +56,60 @@ def _get(config: Config, key: tuple[str, ...]) -> Any:
     return value
 
 
+def _pool_settings(config: Config) -> tuple[int, int, str]:
+    database = config.database
+    return database.min_connections, database.max_connections, database.pooler
+
+
 def _keep(new: Config, old: Config, key: tuple[str, ...]) -> Config:
     if len(key) == 1:
         return new.model_copy(update={key[0]: getattr(old, key[0])})
     section = getattr(new, key[0]).model_copy(update={key[1]: _get(old, key)})
     return new.model_copy(update={key[0]: section})
+
+
+class DatabaseHealth:
+    """The daemon's view of its database: not connected yet, ok, or the problems that the
+    last call of each activity (cycle, health, retention...) ran into. Not being able to
+    reach it is one problem for all activities; any success proves it reachable again."""
+
+    CONNECTION = "connection"
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.problems: dict[str, DatabaseProblem] = {}
+
+    @property
+    def reachable(self) -> bool:
+        return self.connected and self.CONNECTION not in self.problems
+
+    def text(self) -> str:
+        """`ok`, or what is wrong (as /status shows it)."""
+        if self.CONNECTION in self.problems:
+            return str(self.problems[self.CONNECTION])
+        if not self.connected:
+            return "not connected yet"
+        return str(next(iter(self.problems.values()))) if self.problems else "ok"
+
+    def failed(self, activity: str, exc: BaseException) -> DatabaseProblem:
+        """Record what `activity` ran into; logged once, until it changes."""
+        found = problem(exc)
+        key = self.CONNECTION if found.kind == "unavailable" else activity
+        if self.problems.get(key) != found:
+            log.error(found.event, error=str(found), activity=activity)
+            notify.notify(f"STATUS=database {found}")
+        self.problems[key] = found
+        return found
+
+    def succeeded(self, activity: str) -> bool:
+        """Clear what `activity` ran into; True when the database became reachable."""
+        was_reachable = self.reachable
+        if self.CONNECTION in self.problems:
+            log.info("database_recovered")
+        self.connected = True
+        self.problems.pop(self.CONNECTION, None)
+        self.problems.pop(activity, None)
+        return not was_reachable
 
 
 class Daemon:
@@ -84,7 +133,7 @@ class Daemon:
         self.started_at = clock()
         self.config_loaded_at = self.started_at
         self.config_error: str | None = None
-        self.database_error: str | None = "not connected yet"
+        self.database = DatabaseHealth()
         self.migrated = not config.database.migrate
         self.polling_enabled = config.polling.enabled
         self.cycles = 0
@@ -164,13 +213,19 @@ class Daemon:
             dsn, self._embedded = await asyncio.to_thread(embedded.start, config.state_dir)
         self._dsn = dsn
         sizes = (config.database.min_connections, config.database.max_connections)
+        pooler = config.database.pooler
         try:
-            self.store = await Store.connect(dsn, *sizes)
+            self.store = await Store.connect(dsn, *sizes, pooler=pooler)
         except DB_ERRORS as exc:
-            self._database_down(exc)
-            self.store = await Store.connect(dsn, *sizes, lazy=True)
-        else:
+            self.database.failed("health", exc)
+            self.store = await Store.connect(dsn, *sizes, lazy=True, pooler=pooler)
+            return
+        try:
             await self._database_up()
+        except DB_ERRORS as exc:  # the health loop tries again
+            self.database.failed("health", exc)
+        else:
+            self._database_ok("health")
 
     async def _start_servers(self) -> None:
         config = self._config
@@ -200,14 +255,8 @@ class Daemon:
 
     # --- the database -------------------------------------------------------
 
-    def _database_down(self, exc: BaseException) -> None:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if self.database_error != message:
-            log.error("database_unavailable", error=message)
-            notify.notify(f"STATUS=database unavailable: {message}")
-        self.database_error = message
-
     async def _database_up(self) -> None:
+        """Migrate and prepare, once, when the database answers."""
         if not self.migrated:
             applied = await self.store.migrate()
             self.migrated = True
@@ -216,10 +265,10 @@ class Daemon:
         if self.prepare is not None:
             await self.prepare(self.store)
             self.prepare = None
-        if self.database_error is not None and self.database_error != "not connected yet":
-            log.info("database_recovered")
-        self.database_error = None
-        self.wake_deliveries()  # what waited for the database goes now
+
+    def _database_ok(self, activity: str) -> None:
+        if self.database.succeeded(activity):
+            self.wake_deliveries()  # what waited for the database goes now
 
     async def _health_loop(self) -> None:
         """Watch the database, migrate once it is there, refresh the delivery gauges."""
@@ -231,7 +280,9 @@ class Daemon:
                 self.metrics.deliveries_pending.set(counts["pending"])
                 self.metrics.deliveries_dead.set(counts["dead"])
             except DB_ERRORS as exc:
-                self._database_down(exc)
+                self.database.failed("health", exc)
+            else:
+                self._database_ok("health")
             try:
                 await asyncio.wait_for(self.stopping.wait(), HEALTH_EVERY)
             except TimeoutError:
@@ -248,7 +299,7 @@ class Daemon:
                 return
             except TimeoutError:
                 pass
-            if self.database_error is not None:
+            if not self.database.reachable:
                 continue
             config, now = self._config, self.clock()
             keep = timedelta(seconds=config.retention)
@@ -257,8 +308,9 @@ class Daemon:
                     payloads_before=now - keep,
                     carts_before=now - max(keep, timedelta(seconds=config.carts.max_age)))
             except DB_ERRORS as exc:
-                self._database_down(exc)
+                self.database.failed("retention", exc)
                 continue
+            self._database_ok("retention")
             delay = RETENTION_EVERY
             if deliveries or carts:
                 log.info("retention_purged", deliveries=deliveries, sent_carts=carts)
@@ -271,16 +323,17 @@ class Daemon:
         started = time.monotonic()
         async with self._cycle_lock:
             try:
-                if self.database_error is not None:
+                if not self.database.reachable:
                     await self.store.ping()
                     await self._database_up()
                 summary, ids = await self.poller.run_cycle(force=force)
             except DB_ERRORS as exc:
-                self._database_down(exc)
+                found = self.database.failed("cycle", exc)
                 self.metrics.poll_cycles.labels("error").inc()
                 self.metrics.cycle_duration.observe(time.monotonic() - started)
-                log.error("cycle_failed", error=self.database_error)
+                log.error("cycle_failed", error=str(found))
                 return None
+        self._database_ok("cycle")
         self.cycles += 1
         self.last_cycle = summary.as_dict()
         self._count_cycle(summary, time.monotonic() - started)
@@ -403,9 +456,8 @@ class Daemon:
             if _get(new, key) != _get(old, key):
                 log.warning("config_needs_restart", key=".".join(key))
                 new = _keep(new, old, key)
-        if (new.database.min_connections, new.database.max_connections) != (
-                old.database.min_connections, old.database.max_connections):
-            await self._resize_pool(new)
+        if _pool_settings(new) != _pool_settings(old):
+            await self._replace_pool(new)
         logs.configure(new.logging.level, new.logging.format)
         self._config = new
         self.config_error = None
@@ -418,11 +470,13 @@ class Daemon:
         notify.notify("READY=1", "STATUS=config reloaded")
         return None
 
-    async def _resize_pool(self, new: Config) -> None:
-        """Swap in a pool of the new size; the old one closes once its work is done."""
+    async def _replace_pool(self, new: Config) -> None:
+        """Swap in a pool of the new size or pooler mode; the old one closes once its work
+        is done."""
         old_pool = self.store.pool
         fresh = await Store.connect(self._dsn, new.database.min_connections,
-                                    new.database.max_connections, lazy=True)
+                                    new.database.max_connections, lazy=True,
+                                    pooler=new.database.pooler)
         self.store.pool = fresh.pool
         task = asyncio.create_task(old_pool.close())
         self._background.add(task)
@@ -430,11 +484,13 @@ class Daemon:
 
     async def status(self) -> dict[str, Any]:
         deliveries = None
-        if self.database_error is None:
+        if self.database.reachable:
             try:
                 deliveries = await self.store.delivery_counts()
             except DB_ERRORS as exc:
-                self._database_down(exc)
+                self.database.failed("status", exc)
+            else:
+                self._database_ok("status")
         return {
             "state": "running" if self.polling_enabled else "stopped",
             "interval_seconds": self._config.polling.interval,
@@ -444,7 +500,7 @@ class Daemon:
             "cycles": self.cycles,
             "last_cycle": self.last_cycle,
             "deliveries": deliveries,
-            "database": "ok" if self.database_error is None else self.database_error,
+            "database": self.database.text(),
             "config_path": str(self.config_path) if self.config_path else None,
             "config_loaded_at": self.config_loaded_at,
             "config_error": self.config_error,

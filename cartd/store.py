@@ -13,9 +13,56 @@ import asyncpg
 
 MIGRATION_LOCK = 0x63617274  # "cart": serialises concurrent `cartd migrate` runs
 PURGE_BATCH = 500  # rows per retention DELETE
+COMMAND_TIMEOUT = 60.0  # seconds a statement may take
+STATEMENT_CACHE = 100  # prepared statements kept per connection (asyncpg's default)
 
-# What a database that is down, restarting or unreachable raises.
+# What a statement can raise: a database that is down, restarting or unreachable, or one
+# that answers with an error (problem() says which).
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+# SQLSTATE classes and codes (PostgreSQL's appendix A) by what they mean to an operator.
+_UNREACHABLE = ("08", "3D000", "53", "57P01", "57P02", "57P03")  # connection, no such
+# database, out of connections or resources, shut down, starting up
+_REFUSED = ("28", "42501")  # authentication failed, permission denied
+_TIMED_OUT = ("57014", "55P03", "25P03")  # statement, lock or idle-in-transaction timeout
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseProblem:
+    """What a failed database call means: `kind` is `unavailable` (cannot be reached),
+    `permission` (refused), `timeout` or `query` (any other error the server gave)."""
+
+    kind: str
+    message: str
+    sqlstate: str | None = None
+
+    @property
+    def event(self) -> str:
+        """The log event that reports it."""
+        return {"unavailable": "database_unavailable", "permission": "database_permission_denied",
+                "timeout": "database_timeout", "query": "database_query_failed"}[self.kind]
+
+    def __str__(self) -> str:
+        label = {"unavailable": "unavailable", "permission": "permission denied",
+                 "timeout": "timeout", "query": "query failed"}[self.kind]
+        code = f" [{self.sqlstate}]" if self.sqlstate else ""
+        return f"{label}{code}: {self.message}"
+
+
+def problem(exc: BaseException) -> DatabaseProblem:
+    """The DatabaseProblem of an exception in DB_ERRORS, with the server's message."""
+    lines = str(exc).strip().splitlines()
+    message = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return DatabaseProblem("timeout", f"no answer within {COMMAND_TIMEOUT:g} s")
+    if not isinstance(exc, asyncpg.PostgresError):
+        return DatabaseProblem("unavailable", message)  # socket errors, a closed connection
+    code = exc.sqlstate or ""
+    for kind, codes in (("unavailable", _UNREACHABLE), ("permission", _REFUSED),
+                        ("timeout", _TIMED_OUT)):
+        if code.startswith(codes):
+            return DatabaseProblem(kind, message, code)
+    return DatabaseProblem("query", message, code or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +129,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     rolled back by asyncpg. The default reset would cost a round trip per statement."""
 
 
+# Views over an existing schema serve as the application tables (README "The database"):
+# they have no keys, so the agent's columns are grouped by themselves, not by a.id (which
+# PostgreSQL accepts only for a primary key). The casts keep types asyncpg would have to
+# look up (varchar, citext, enums; json, which cannot be grouped) out of the result.
 _CLAIM_AGENTS = """
 WITH due AS (
     SELECT p.agent_id
@@ -100,8 +151,10 @@ WITH due AS (
     FROM due WHERE p.agent_id = due.agent_id
     RETURNING p.agent_id
 )
-SELECT a.id, a.name, a.template_slug, a.settings,
-       c.id AS company_id, c.name AS company_name, c.website, c.email, c.phone,
+SELECT a.id, a.name::text AS name, a.template_slug::text AS template_slug,
+       a.settings::jsonb AS settings,
+       c.id AS company_id, c.name::text AS company_name, c.website::text AS website,
+       c.email::text AS email, c.phone::text AS phone,
        COALESCE(
          jsonb_agg(jsonb_build_object('id', i.id, 'platform', i.platform, 'config', i.config)
                    ORDER BY i.id) FILTER (WHERE i.id IS NOT NULL),
@@ -110,7 +163,7 @@ FROM claimed
 JOIN company_agents a ON a.id = claimed.agent_id
 JOIN companies c ON c.id = a.company_id
 LEFT JOIN agent_integrations i ON i.agent_id = a.id AND i.is_active
-GROUP BY a.id, c.id
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 """
 
 # Back to pending, due now, attempts counted afresh; the id (webhook-id) is kept.
@@ -159,11 +212,16 @@ class Store:
 
     @classmethod
     async def connect(cls, dsn: str, min_size: int = 1, max_size: int = 10,
-                      *, lazy: bool = False) -> Store:
-        """A pool; with `lazy`, one that connects on first use (the database may be down)."""
+                      *, lazy: bool = False, pooler: str = "none") -> Store:
+        """A pool; with `lazy`, one that connects on first use (the database may be down).
+
+        `pooler="transaction"`: a pooler (PgBouncer in transaction mode) may hand each
+        transaction another server connection, where named prepared statements do not
+        exist: no statement cache, so every statement is parsed with its execution."""
         pool = await asyncpg.create_pool(
             dsn, min_size=0 if lazy else min(min_size, max_size), max_size=max_size,
-            init=_init_connection, reset=_keep_session, command_timeout=60,
+            init=_init_connection, reset=_keep_session, command_timeout=COMMAND_TIMEOUT,
+            statement_cache_size=STATEMENT_CACHE if pooler == "none" else 0,
         )
         return cls(pool)
 
@@ -185,7 +243,10 @@ class Store:
             if app_tables:
                 await conn.execute((folder / "app_tables.sql").read_text())
             await conn.execute(
-                "CREATE SCHEMA IF NOT EXISTS cartd;"
+                # CREATE SCHEMA needs CREATE on the database even when the schema exists:
+                # a schema `cartd` made for a role without it serves as well.
+                "DO $$ BEGIN IF to_regnamespace('cartd') IS NULL THEN CREATE SCHEMA cartd;"
+                " END IF; END $$;"
                 "CREATE TABLE IF NOT EXISTS cartd.schema_migrations ("
                 " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )

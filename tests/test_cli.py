@@ -104,3 +104,16 @@ def test_ctl_finds_the_socket_without_reading_secret_files(tmp_path: Path):
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"cartd: cannot reach the daemon at {tmp_path / 'absent.sock'}: ")
+
+
+def test_check_config_no_secrets_skips_only_the_secret_files(tmp_path: Path):
+    """What systemd's ExecReload= runs: it cannot see the service's credentials."""
+    config = tmp_path / "cartd.yaml"
+    absent = "/run/credentials/cartd.service/webhook-secret"
+    config.write_text(yaml.safe_dump({"webhook": {"secret_file": absent}}))
+    full = cartd("--config", str(config), "check-config")
+    assert full.returncode == 2 and f"webhook.secret_file: cannot read {absent}" in full.stderr
+    assert cartd("--config", str(config), "check-config", "--no-secrets").returncode == 0
+    config.write_text(yaml.safe_dump({"webhook": {"secret_file": absent, "timeout": 0}}))
+    broken = cartd("--config", str(config), "check-config", "--no-secrets")
+    assert broken.returncode == 2 and "webhook.timeout" in broken.stderr

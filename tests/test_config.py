@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from cartd.config import Config, ConfigError, build, load, parse_duration
+from cartd.config import Config, ConfigError, build, control_socket, load, parse_duration
 
 SHIPPED = Path(__file__).resolve().parent.parent / "cartd.yaml"
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -22,6 +22,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
         "min_connections": 1,
         "max_connections": 10,
         "migrate": True,
+        "pooler": "none",
     },
     "polling": {
         "enabled": True,
@@ -339,3 +340,29 @@ def test_secret_is_not_in_repr() -> None:
     config = build({"webhook": {"secret": SECRET, "extra_secrets": [SECRET]}}, {})
     assert SECRET not in repr(config)
     assert SECRET not in str(config)
+
+
+@pytest.mark.parametrize("rest", [
+    "polling:\n  interval: banana\n",  # a wrong value
+    "webhook: {url: [\n",  # YAML that does not parse
+    "polling:\n  intervall: 5s\n",  # an unknown key
+    "webhook:\n  secret_file: /run/credentials/cartd.service/absent\n",  # an unreadable secret
+])
+def test_ctl_finds_its_socket_in_an_otherwise_broken_file(tmp_path: Path, rest: str) -> None:
+    path = write(tmp_path, "# cartd\ncontrol:\n  # the socket\n  socket: /run/x/control.sock\n"
+                           "  socket_mode: \"0660\"\n" + rest)
+    with pytest.raises(ConfigError):
+        load(path, {})
+    assert control_socket(path) == "/run/x/control.sock"
+
+
+def test_ctl_socket_defaults_and_errors(tmp_path: Path) -> None:
+    default = Config().control.socket
+    assert control_socket(tmp_path / "absent.yaml") == default
+    assert control_socket(write(tmp_path, "polling: {interval: 5s}\n")) == default
+    with pytest.raises(ConfigError, match="does not exist"):
+        control_socket(tmp_path / "absent.yaml", missing_ok=False)
+    with pytest.raises(ConfigError, match=r"control.socket: cannot be read from .* \(invalid YAML\)"):
+        control_socket(write(tmp_path, "control:\n  socket: [\n"))
+    with pytest.raises(ConfigError, match="control.socket: must be a path"):
+        control_socket(write(tmp_path, "control:\n  socket: 5\n"))
