@@ -165,7 +165,7 @@ class Shop:
     connection_limit: int = CONNECTION_LIMIT
     token_seconds: int = 86399
     granted: dict[str, float] = field(default_factory=dict)  # token -> expiry (monotonic)
-    grants: int = 0
+    issued: list[str] = field(default_factory=list)  # every token granted
     # Called after each WooCommerce page is served, with the number of that page.
     on_page: Callable[[int], None] | None = None
     _sorted: list[FakeCart] = field(default_factory=list, repr=False)
@@ -262,7 +262,7 @@ class FakeStore:
                                      status=401)
         token = f"shpat_{secrets.token_hex(16)}"
         shop.granted[token] = time.monotonic() + shop.token_seconds
-        shop.grants += 1
+        shop.issued.append(token)
         return web.json_response({"access_token": token, "scope": "read_orders,read_customers",
                                   "expires_in": shop.token_seconds})
 

@@ -61,21 +61,29 @@ class OutOfBudget(IntegrationError):
 
 class Budget:
     """The requests and seconds one read may spend in this cycle (README "Connecting
-    stores": a store is read in slices)."""
+    stores": a store is read in slices).
+
+    Until the read has made progress (`progressed`: a record read completely), the budget
+    does not stop it, so that every cycle gets at least one record further whatever the
+    store's rate limit; each wait stays bounded by MAX_WAIT_SECONDS.
+    """
 
     def __init__(self, seconds: float, requests: int = MAX_REQUESTS) -> None:
         self.deadline = time.monotonic() + seconds
         self.requests = requests
+        self.progressed = False
 
     def spend_request(self) -> None:
         """Count one request; OutOfBudget when none is left."""
-        if self.requests <= 0:
+        if self.requests <= 0 and self.progressed:
             raise OutOfBudget("the cycle's request budget is spent")
         self.requests -= 1
 
     def check_wait(self, seconds: float, why: str) -> None:
-        """OutOfBudget when waiting `seconds` would end past the deadline."""
-        if time.monotonic() + seconds > self.deadline:
+        """OutOfBudget when waiting `seconds` would end past the deadline, or is longer
+        than MAX_WAIT_SECONDS."""
+        late = time.monotonic() + seconds > self.deadline and self.progressed
+        if late or seconds > MAX_WAIT_SECONDS:
             raise OutOfBudget(f"{why}: a {seconds:.3g} s wait would pass the cycle's time budget")
 
 
@@ -259,8 +267,9 @@ def _detail(reply: Reply, secrets: tuple[str, ...]) -> str:
     if isinstance(body, dict):
         message = (body.get("message") or body.get("errors") or body.get("error_description")
                    or body.get("error"))
-        if isinstance(body.get("code"), str) and isinstance(message, str):
-            message = f"{body['code']}: {message}"
+        code = body.get("code") or body.get("error")  # WooCommerce; OAuth (RFC 6749 5.2)
+        if isinstance(code, str) and isinstance(message, str) and message != code:
+            message = f"{code}: {message}"
     if isinstance(message, list) and message and isinstance(message[0], dict):
         message = message[0].get("message")
     if not isinstance(message, str) or not message.strip():

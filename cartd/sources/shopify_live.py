@@ -159,6 +159,7 @@ async def _read_connection(admin: Admin, window: Window, batch: Batch, budget: B
             if await _complete(admin, node, budget):
                 batch.add([node], "abandonedCheckouts.nodes")
             window.after_id = _checkout_number(node) or window.after_id
+            budget.progressed = True
         seen += len(nodes)
         following = _next(connection.get("pageInfo"))
         if following is None:
@@ -251,6 +252,7 @@ async def read_rest(admin: Admin, since: datetime, resume: Any, now: datetime,
             batch.add(checkouts, "checkouts")
             numbers = [n for n in map(_checkout_number, checkouts) if n is not None]
             window.after_id = max(numbers, default=window.after_id)
+            budget.progressed = True
             following = _next_link(reply.headers.get("Link"))
             if following is None:
                 return window.result(batch, None)

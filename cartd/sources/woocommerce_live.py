@@ -90,6 +90,7 @@ async def read_woocommerce(settings: dict[str, Any], config: Config, since: date
                 params=params | {"modified_after": iso(bound).removesuffix("Z"),
                                  "page": str(page)}, budget=budget)
             batch.add(reply.body, "orders")
+            budget.progressed = True
             pages = reply.headers.get("X-WP-TotalPages", "1").strip()
             if not pages.isdigit():
                 raise IntegrationError("malformed response: X-WP-TotalPages is not a number")
