@@ -46,8 +46,12 @@ VERSIONS = ("2025-10", "2026-10")
 @cache
 def schema(version: str) -> GraphQLSchema:
     """The derived schema of `version` (what cartd's documents use, with deprecations)."""
-    introspection = json.loads((FIXTURES / f"admin_{version}.cartd.json").read_text())
-    return build_client_schema(introspection["data"], assume_valid=True)
+    return build_client_schema(derived_introspection(version), assume_valid=True)
+
+
+def derived_introspection(version: str) -> dict[str, Any]:
+    with gzip.open(FIXTURES / f"admin_{version}.cartd.json.gz") as raw:
+        return json.load(raw)["data"]
 
 
 @cache
