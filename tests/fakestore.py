@@ -168,6 +168,9 @@ class Shop:
     issued: list[str] = field(default_factory=list)  # every token granted
     # Called after each WooCommerce page is served, with the number of that page.
     on_page: Callable[[int], None] | None = None
+    # Whether the app was approved for protected customer data; if not, customers are null
+    # and the reply carries an ACCESS_DENIED error beside its data.
+    customer_data: bool = True
     _sorted: list[FakeCart] = field(default_factory=list, repr=False)
 
     def complete(self, number: int, at: datetime, status: str | None = None) -> None:
@@ -409,9 +412,14 @@ def _run(shop: Shop, version: str, document: DocumentNode, variables: dict[str, 
     bucket.available += cost - executor.cost
     accounting.requested += cost
     accounting.actual += executor.cost
-    return {"data": data,
-            "extensions": {"cost": {"requestedQueryCost": cost, "actualQueryCost": executor.cost,
-                                    "throttleStatus": bucket.status()}}}
+    answer: dict[str, Any] = {
+        "data": data, "extensions": {"cost": {"requestedQueryCost": cost,
+                                              "actualQueryCost": executor.cost,
+                                              "throttleStatus": bucket.status()}}}
+    if root.hidden:
+        answer["errors"] = [{"message": "This app is not approved to access the Customer object.",
+                             "extensions": {"code": "ACCESS_DENIED"}}]
+    return answer
 
 
 class _Root:
@@ -419,6 +427,7 @@ class _Root:
 
     def __init__(self, shop: Shop) -> None:
         self.shop = shop
+        self.hidden = False  # a customer was withheld (protected customer data)
 
     def checkouts(self, first: int | None = None, after: str | None = None,
                   query: str | None = None, sortKey: str | None = None,  # noqa: N803
@@ -434,7 +443,7 @@ class _Root:
                                "narrow the query with search filters")
         size = min(first, self.shop.page_size)
         found = _search(self.shop.by_number(), query or "", last, size + 1)
-        nodes = [_node(c) for c in found[:size]]
+        nodes = [self._node(c) for c in found[:size]]
         end = f"{position + len(nodes)}:{found[len(nodes) - 1].number}" if nodes else None
         return {"nodes": nodes, "pageInfo": {
             "hasNextPage": len(found) > size, "hasPreviousPage": position > 0,
@@ -445,7 +454,13 @@ class _Root:
         carts = self.shop.by_number()
         at = bisect.bisect_left(carts, int(number), key=lambda c: c.number) if number.isdigit() else 0
         found = at < len(carts) and str(carts[at].number) == number
-        return _node(carts[at]) if found else None
+        return self._node(carts[at]) if found else None
+
+    def _node(self, cart: FakeCart) -> dict[str, Any]:
+        node = _node(cart)
+        if not self.shop.customer_data and node["customer"] is not None:
+            node["customer"], self.hidden = None, True
+        return node
 
 
 def _search(carts: list[FakeCart], query: str, after: int, limit: int) -> list[FakeCart]:

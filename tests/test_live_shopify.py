@@ -11,7 +11,6 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-import pytest
 from structlog.testing import capture_logs
 
 from cartd.sources import shopify_live
@@ -142,11 +141,15 @@ async def test_nulls_the_schema_allows_are_delivered_not_skipped(store, fake: Fa
     carts[1].lines = [(None, 1, "4.00"), ("Mug", 2, "3.00")]
     carts[2].bare_lines = True
     fake.add("nulls", carts)
+    # An app without protected customer data approval: customers null, and an error.
+    fake.add("unapproved", big_store(clock.now, 2, first=10), customer_data=False)
     integration = await live_integration(store, "shopify", fake.shopify("nulls"))
+    unapproved = await live_integration(store, "shopify", fake.shopify("unapproved"))
     cycle = Cycle(store, receiver, clock)
     cycle.cfg = config(webhook={"url": receiver.url}, carts={"require_contact": False})
     summary = await cycle.run()
     assert summary.integration_errors == 0
+    assert sorted(delivered_ids(cycle, unapproved)) == ["10", "11"]
     sent = {c["cart_id"]: c for iid, c in cycle.carts() if iid == str(integration)}
     assert sent["1"]["customer"] == {"id": None, "email": None, "first_name": None,
                                      "last_name": None, "phone": None, "accepts_marketing": False}

@@ -148,10 +148,10 @@ async def _read_connection(admin: Admin, window: Window, batch: Batch, budget: B
         variables = {"first": first, "lines": INLINE_LINES, "query": query, "after": after}
         body = await admin.graphql(CHECKOUTS_QUERY, variables,
                                    checkouts_cost(first, INLINE_LINES), budget)
-        if body.get("errors"):
+        connection = _data(body, "abandonedCheckouts", admin)
+        if connection is None:
             first = _affordable_page(body["errors"], first, admin)
             continue
-        connection = _field(body.get("data"), "abandonedCheckouts")
         nodes = connection.get("nodes")
         if not isinstance(nodes, list):
             raise IntegrationError("malformed response: abandonedCheckouts.nodes is not a list")
@@ -167,6 +167,21 @@ async def _read_connection(admin: Admin, window: Window, batch: Batch, budget: B
         if seen + first > CONNECTION_LIMIT:
             return True
         after = following
+
+
+def _data(body: dict[str, Any], name: str, admin: Admin) -> dict[str, Any] | None:
+    """`data.{name}`; None when the query was refused (`errors` and no data). Errors that
+    come with data are about fields the app may not read (protected customer data, which
+    are then null): the data stands."""
+    data = body.get("data")
+    value = data.get(name) if isinstance(data, dict) else None
+    if isinstance(value, dict):
+        return value
+    if body.get("errors") and not (isinstance(data, dict) and name in data):
+        return None
+    if body.get("errors"):
+        raise IntegrationError(f"Shopify GraphQL error: {_message(body['errors'], admin)}")
+    raise IntegrationError(f"malformed response: no data.{name}")
 
 
 def _field(data: Any, name: str) -> dict[str, Any]:
@@ -196,14 +211,13 @@ async def _complete(admin: Admin, node: Any, budget: Budget) -> bool:
     while after is not None:
         variables = {"id": node.get("id"), "first": LINES_PAGE, "after": after}
         body = await admin.graphql(LINES_QUERY, variables, lines_cost(LINES_PAGE), budget)
-        if body.get("errors"):
-            raise IntegrationError(f"Shopify GraphQL error: {_message(body['errors'], admin)}")
         data = body.get("data")
-        if not isinstance(data, dict) or "node" not in data:
-            raise IntegrationError("malformed response: no data.node")
-        if data["node"] is None:
+        if isinstance(data, dict) and "node" in data and data["node"] is None:
             return False
-        page = _field(data["node"], "lineItems")
+        checkout = _data(body, "node", admin)
+        if checkout is None:
+            raise IntegrationError(f"Shopify GraphQL error: {_message(body['errors'], admin)}")
+        page = _field(checkout, "lineItems")
         if not isinstance(page.get("nodes"), list):
             raise IntegrationError("malformed response: lineItems.nodes is not a list")
         gathered += page["nodes"]
