@@ -152,6 +152,9 @@ def _arguments(node: FieldNode, variables: dict[str, Any]) -> dict[str, Any]:
     return {arg.name.value: value_from_ast_untyped(arg.value, variables) for arg in node.arguments}
 
 
+LEAF, NON_NULL_LEAF = 1, 2
+
+
 class Executor:
     """Runs a validated query over plain data, as a GraphQL server would: only what is
     selected is returned, a null where the schema forbids one is an error, a field whose
@@ -163,14 +166,15 @@ class Executor:
         self.schema, self.document, self.variables = schema, document, variables
         self.selections = _Selections(schema, document)
         self.cost = 0
-        self.plans: dict[tuple[int, str], list[tuple[str, str, Any, FieldNode, int]]] = {}
+        self.plans: dict[tuple[int, str], list[tuple[str, str, Any, FieldNode, int, int]]] = {}
 
     def run(self, root: dict[str, Any]) -> dict[str, Any]:
         return self._object(_operation(self.document).selection_set, self.schema.query_type, root)
 
     def _plan(self, selection: SelectionSetNode | None, kind: GraphQLObjectType
-              ) -> list[tuple[str, str, Any, FieldNode, int]]:
-        """(response key, field name, its type, node, cost of each object in it) per field."""
+              ) -> list[tuple[str, str, Any, FieldNode, int, int]]:
+        """Per field: (response key, field name, its type, node, cost of each object in it,
+        LEAF or NON_NULL_LEAF for a scalar or enum field, else 0)."""
         key = (id(selection), kind.name)
         plan = self.plans.get(key)
         if plan is None:
@@ -178,22 +182,31 @@ class Executor:
             for node, _ in self.selections.fields(selection, kind):
                 name = node.name.value
                 each = 0 if _is_connection(kind) and name in ("nodes", "edges") else 1
-                kind_of = None if name == "__typename" else kind.fields[name].type
-                plan.append((node.alias.value if node.alias else name, name, kind_of, node, each))
+                field_type = None if name == "__typename" else kind.fields[name].type
+                leaf = 0
+                if field_type is not None and is_leaf_type(get_named_type(field_type)) and not (
+                        isinstance(getattr(field_type, "of_type", None), GraphQLList)
+                        or isinstance(field_type, GraphQLList)):
+                    leaf = NON_NULL_LEAF if isinstance(field_type, GraphQLNonNull) else LEAF
+                plan.append((node.alias.value if node.alias else name, name, field_type, node,
+                             each, leaf))
             self.plans[key] = plan
         return plan
 
     def _object(self, selection: SelectionSetNode | None, kind: GraphQLObjectType,
                 source: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key, name, field_type, node, each in self._plan(selection, kind):
+        for key, name, field_type, node, each, leaf in self._plan(selection, kind):
             if field_type is None:
                 out[key] = kind.name
                 continue
             value = source.get(name)
             if callable(value):
                 value = value(**_arguments(node, self.variables))
-            out[key] = self._complete(field_type, node, value, kind, each)
+            if leaf and (value is not None or leaf == LEAF):
+                out[key] = value
+            else:
+                out[key] = self._complete(field_type, node, value, kind, each)
         return out
 
     def _complete(self, kind: Any, node: FieldNode, value: Any, owner: Any, each: int) -> Any:

@@ -52,7 +52,7 @@ async def test_a_store_of_twenty_thousand_checkouts_is_delivered_once_with_every
     carts = big_store(clock.now, 20_000)
     # A cost-enforcing bucket, restored fast so that the test is quick; 2,000 points.
     shop = fake.add("big", carts, page_size=250,
-                    bucket=Bucket(maximum=2000, restore_rate=200_000, available=2000))
+                    bucket=Bucket(maximum=2000, restore_rate=1_000_000, available=2000))
     integration = await live_integration(store, "shopify", fake.shopify("big"))
     cycle = Cycle(store, receiver, clock)
     cycle.cfg = config(webhook={"url": receiver.url}, polling={"interval": "1s"})
