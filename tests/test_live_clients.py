@@ -484,3 +484,17 @@ async def test_one_session_serves_every_fetch_until_closed(mocked):
     await http.close()
     assert first.closed
     assert http.session() is not first
+
+
+@pytest.mark.parametrize("platform, settings, error", [
+    ("woocommerce", {**WOOCOMMERCE, "auth": "cookie"}, "config.auth must be header or query"),
+    ("woocommerce", {**WOOCOMMERCE, "placed_statuses": []},
+     "config.placed_statuses must be a non-empty list"),
+    ("woocommerce", {**WOOCOMMERCE, "consent_meta_key": ""},
+     "config.consent_meta_key must be a non-empty string"),
+    ("shopify", {"shop_domain": "acme.myshopify.com", "client_id": "abc"},
+     "config.client_secret is missing"),
+])
+async def test_a_bad_connector_option_is_named(platform, settings, error):
+    with pytest.raises(IntegrationError, match=error):
+        await fetch(platform, settings)

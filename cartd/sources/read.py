@@ -1,7 +1,7 @@
-"""What the live connectors share: a read's budget, the records it gathered, how far it got.
+"""What the live connectors share: the records a read gathered and how far it got.
 
-A store is read in slices: each cycle a read may send `MAX_REQUESTS` requests and spend
-its share of the polling interval. When either runs out it stops at a point up to which
+A store is read in slices: each cycle a read may spend its `http.Budget` (requests and a
+share of the polling interval). When either runs out it stops at a point up to which
 the store was read completely and says so (`Read.through`, or `Read.resume` for a store
 read in an order that is not by time); the next cycle goes on from there (README
 "Connecting stores").
@@ -16,6 +16,7 @@ from typing import Any
 
 from cartd.sources.http import check_url
 from cartd.sources.model import Cart, IntegrationError, MalformedRecord
+
 
 @dataclass(frozen=True, slots=True)
 class Read:
