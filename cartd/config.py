@@ -111,7 +111,7 @@ class MockConfig(Section):
 
 class ShopifyConfig(Section):
     api: Literal["graphql", "rest"] = "graphql"
-    api_version: str = "2025-10"
+    api_version: str = "2026-10"
 
 
 class WooCommerceConfig(Section):

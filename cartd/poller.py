@@ -133,6 +133,9 @@ class _Job:
     state: SourceState
     fetched: Fetched | None = None
     mock_epoch: datetime | None = None
+    through: datetime | None = None
+    read_at: datetime | None = None
+    resume: dict[str, Any] | None = None
     keep: list[Cart] = field(default_factory=list)
     completed: list[Cart] = field(default_factory=list)
 
@@ -295,7 +298,9 @@ class Poller:
         summary.integrations_processed += 1
         summary.platforms.add(platform)
         summary.polls[(platform, "ok")] += 1
-        carts, job.mock_epoch, job.fetched = job.fetched.carts, job.fetched.mock_epoch, None
+        fetched, job.fetched = job.fetched, None
+        carts, job.mock_epoch, job.resume = fetched.carts, fetched.mock_epoch, fetched.resume
+        job.through, job.read_at = fetched.through, fetched.read_at
         job.keep = [c for c in carts if job.rules.keeps(c, now)]
         summary.carts_found += len(job.keep)
         if config.carts.send_recovered:
@@ -331,7 +336,8 @@ class Poller:
             detected=[(j.integration.id, c.cart_id) for j in done for c in j.keep],
             completed=[(j.integration.id, c.cart_id) for j in done for c in j.completed],
             build=build,
-            sources=[(j.integration.id, self._next_cursor(j, now), j.mock_epoch) for j in done],
+            sources=[(j.integration.id, self._next_cursor(j), j.mock_epoch, j.resume)
+                     for j in done],
             agents=agents,
             instance=self.instance_id,
         )
@@ -341,18 +347,26 @@ class Poller:
         since = job.state.cursor - CURSOR_OVERLAP if job.state.cursor else None
         try:
             job.fetched = await fetch(job.integration, config=config, since=since,
-                                      mock_epoch=job.state.mock_epoch, now=now)
+                                      mock_epoch=job.state.mock_epoch, now=now,
+                                      resume=job.state.resume)
         except IntegrationError as exc:
             self._failed(summary, job.integration.platform, job.agent, job.integration.id, exc)
             return
         if job.fetched.malformed:
             log.warning("malformed_records_skipped", integration_id=str(job.integration.id),
                         platform=job.integration.platform, count=job.fetched.malformed)
+        if job.fetched.stopped:
+            log.info("store_read_continues_next_cycle", integration_id=str(job.integration.id),
+                     platform=job.integration.platform, carts=len(job.fetched.carts),
+                     reason=job.fetched.stopped)
 
     @staticmethod
-    def _next_cursor(job: _Job, now: datetime) -> datetime:
-        """Carts not yet idle long enough must be read again next time."""
-        return now - job.rules.abandoned_after
+    def _next_cursor(job: _Job) -> datetime | None:
+        """As far as the store was read, less what was not yet idle long enough when it was
+        read (it must be read again); a read that got no further keeps the cursor."""
+        if job.through is None or job.read_at is None:
+            return job.state.cursor
+        return min(job.through, job.read_at - job.rules.abandoned_after)
 
     @staticmethod
     def _failed(summary: CycleSummary, platform: Any, agent: Any, integration_id: Any,

@@ -81,6 +81,7 @@ class AgentWork:
 class SourceState:
     cursor: datetime | None
     mock_epoch: datetime | None
+    resume: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,11 +317,12 @@ class Store:
 
     async def source_states(self, integration_ids: list[UUID]) -> dict[UUID, SourceState]:
         rows = await self.pool.fetch(
-            "SELECT integration_id, cursor, mock_epoch FROM cartd.sources"
+            "SELECT integration_id, cursor, mock_epoch, resume FROM cartd.sources"
             " WHERE integration_id = ANY($1)",
             integration_ids,
         )
-        return {r["integration_id"]: SourceState(r["cursor"], r["mock_epoch"]) for r in rows}
+        return {r["integration_id"]: SourceState(r["cursor"], r["mock_epoch"], r["resume"])
+                for r in rows}
 
     # --- the outbox -------------------------------------------------------
 
@@ -331,7 +333,7 @@ class Store:
         detected: list[tuple[UUID, str]],
         completed: list[tuple[UUID, str]],
         build: Any,
-        sources: list[tuple[UUID, datetime | None, datetime | None]],
+        sources: list[tuple[UUID, datetime | None, datetime | None, dict[str, Any] | None]],
         agents: list[UUID],
         instance: str,
     ) -> list[NewDelivery]:
@@ -365,13 +367,15 @@ class Store:
                 )
             if sources:
                 await conn.execute(
-                    "INSERT INTO cartd.sources (integration_id, cursor, mock_epoch, updated_at)"
-                    " SELECT i, c, e, $4 FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])"
-                    " AS t(i, c, e)"
+                    "INSERT INTO cartd.sources (integration_id, cursor, mock_epoch, resume,"
+                    " updated_at)"
+                    " SELECT i, c, e, r, $5 FROM unnest($1::uuid[], $2::timestamptz[],"
+                    " $3::timestamptz[], $4::jsonb[]) AS t(i, c, e, r)"
                     " ON CONFLICT (integration_id) DO UPDATE SET cursor = EXCLUDED.cursor,"
                     " mock_epoch = COALESCE(cartd.sources.mock_epoch, EXCLUDED.mock_epoch),"
-                    " updated_at = EXCLUDED.updated_at",
-                    [s[0] for s in sources], [s[1] for s in sources], [s[2] for s in sources], now,
+                    " resume = EXCLUDED.resume, updated_at = EXCLUDED.updated_at",
+                    [s[0] for s in sources], [s[1] for s in sources], [s[2] for s in sources],
+                    [s[3] for s in sources], now,
                 )
             await conn.execute(
                 "UPDATE cartd.agent_polls SET lease_until = NULL, claimed_by = NULL"

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -73,3 +74,21 @@ async def _close_store_session() -> AsyncIterator[None]:
     from cartd import sources
 
     await sources.close()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[Any]:
+    """A fake store server (tests/fakestore.py) on 127.0.0.1."""
+    from fakestore import fake_store
+
+    async with fake_store() as server:
+        yield server
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Any]:
+    """A scripted webhook receiver on 127.0.0.1 answering 200."""
+    from helpers import scripted_receiver
+
+    async with scripted_receiver() as scripted:
+        yield scripted

@@ -41,7 +41,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "platforms": {
         "default_mode": "mock",
         "mock": {"carts_per_hour": 6.0, "recovery_rate": 0.1},
-        "shopify": {"api": "graphql", "api_version": "2025-10"},
+        "shopify": {"api": "graphql", "api_version": "2026-10"},
         "woocommerce": {"statuses": ("pending", "failed", "checkout-draft")},
     },
     "webhook": {

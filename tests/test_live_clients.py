@@ -7,7 +7,6 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -17,16 +16,18 @@ import pytest
 from aioresponses import CallbackResult, aioresponses
 
 from cartd.sources import http
-from cartd.sources.live import SHOPIFY_QUERY, fetch_live
+from cartd.sources.live import fetch_live
+from cartd.sources.shopify_live import CHECKOUTS_PAGE, CHECKOUTS_QUERY, INLINE_LINES
 from cartd.sources.model import Cart, IntegrationError
 from fakestore import fake_store
 from helpers import config
 
 SINCE = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 TOKEN = "shpat_secret_token_value"
 KEY, SECRET = "ck_key_value_123", "cs_secret_value_456"
-GRAPHQL = "https://acme.myshopify.com/admin/api/2025-10/graphql.json"
-REST = re.compile(r"^https://acme\.myshopify\.com/admin/api/2025-10/checkouts\.json.*")
+GRAPHQL = "https://acme.myshopify.com/admin/api/2026-10/graphql.json"
+REST = re.compile(r"^https://acme\.myshopify\.com/admin/api/2026-10/checkouts\.json.*")
 WOO = re.compile(r"^https://shop\.example\.com/wp-json/wc/v3/orders.*")
 CUSTOM = "https://carts.example.com/api/carts"
 
@@ -47,12 +48,6 @@ class _Response(aiohttp.ClientResponse):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("stream_writer", _Sent())
         super().__init__(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-async def shared_session() -> AsyncIterator[None]:
-    yield
-    await http.close()
 
 
 @pytest.fixture
@@ -76,7 +71,9 @@ class Calls:
 
 async def fetch(platform: str, settings: dict[str, Any], *, since: datetime = SINCE,
                 incremental: bool = False, **sections: Any) -> tuple[list[Cart], int]:
-    return await fetch_live(platform, settings, config(**sections), since, incremental=incremental)
+    read = await fetch_live(platform, settings, config(**sections), since,
+                            incremental=incremental, now=NOW, budget=http.Budget(30))
+    return read.carts, read.malformed
 
 
 def gql_node(n: int, completed: bool = False) -> dict[str, Any]:
@@ -85,9 +82,10 @@ def gql_node(n: int, completed: bool = False) -> dict[str, Any]:
         "abandonedCheckoutUrl": f"https://acme.myshopify.com/r/{n}",
         "createdAt": "2026-11-23T08:00:00Z", "updatedAt": "2026-11-23T09:45:00Z",
         "completedAt": "2026-11-23T09:45:00Z" if completed else None,
-        "customer": {"id": "gid://shopify/Customer/7", "email": "a@example.com",
-                     "firstName": "Ada", "lastName": "L", "phone": None,
-                     "emailMarketingConsent": {"marketingState": "SUBSCRIBED"}},
+        "customer": {"id": "gid://shopify/Customer/7", "firstName": "Ada", "lastName": "L",
+                     "defaultEmailAddress": {"emailAddress": "a@example.com",
+                                             "marketingState": "SUBSCRIBED"},
+                     "defaultPhoneNumber": None},
         "totalPriceSet": {"shopMoney": {"amount": "398.00", "currencyCode": "USD"}},
         "lineItems": {"nodes": [{
             "title": "Boot", "variantTitle": "42", "sku": "B-42", "quantity": 2,
@@ -113,19 +111,19 @@ THROTTLED = {"errors": [{"message": "Throttled", "extensions": {"code": "THROTTL
 
 
 def rest_checkout(n: int) -> dict[str, Any]:
-    return {"id": n, "email": "b@example.com", "phone": None,
+    return {"id": n, "email": "b@example.com", "phone": None, "buyer_accepts_marketing": False,
             "abandoned_checkout_url": f"https://acme.myshopify.com/r/{n}",
             "created_at": "2026-11-23T08:00:00-05:00", "updated_at": "2026-11-23T09:45:00Z",
             "completed_at": None, "currency": "EUR", "total_price": "29.35",
             "customer": {"id": 5, "email": "b@example.com", "first_name": "Bo", "last_name": "K",
-                         "phone": None, "email_marketing_consent": {"state": "not_subscribed"}},
+                         "phone": None},
             "line_items": [{"title": "Mug", "variant_title": None, "quantity": 3, "price": "9.95",
                             "variant_id": 11, "product_id": 10, "sku": "MUG"}]}
 
 
-def woo_order(n: int, status: str = "pending") -> dict[str, Any]:
+def woo_order(n: int, status: str = "pending", modified: str = "2026-11-23T09:45:00") -> dict[str, Any]:
     return {"id": n, "number": str(n), "status": status, "currency": "USD",
-            "date_created_gmt": "2026-11-23T08:00:00", "date_modified_gmt": "2026-11-23T09:45:00",
+            "date_created_gmt": "2026-11-23T08:00:00", "date_modified_gmt": modified,
             "date_paid_gmt": None, "total": "29.35", "customer_id": 0,
             "billing": {"first_name": "C", "last_name": "D", "email": "c@example.com", "phone": ""},
             "line_items": [{"name": "Tea", "product_id": 3, "variation_id": 0, "quantity": 1,
@@ -149,8 +147,10 @@ async def test_shopify_graphql_follows_the_cursor_with_the_documented_query(mock
     carts, malformed = await fetch("shopify", SHOPIFY)
     assert [c.cart_id for c in carts] == ["1", "2", "3"] and malformed == 0
     first, second = (call["json"] for call in calls.seen)
-    assert first["query"] == SHOPIFY_QUERY
-    assert first["variables"] == {"first": 250, "after": None, "q": "updated_at:>'2026-11-23T09:30:00Z'"}
+    assert first["query"] == CHECKOUTS_QUERY
+    assert first["variables"] == {
+        "first": CHECKOUTS_PAGE, "lines": INLINE_LINES, "after": None,
+        "query": "updated_at:>'2026-11-23T09:30:00Z' AND updated_at:<='2026-11-23T12:00:00Z'"}
     assert second["variables"]["after"] == "c1"
     assert calls.seen[0]["headers"]["X-Shopify-Access-Token"] == TOKEN
     cart = carts[0]
@@ -186,11 +186,11 @@ async def test_shopify_graphql_throttled_honours_retry_after(mocked):
 
 
 async def test_shopify_graphql_waits_before_a_page_the_bucket_cannot_pay_for(mocked):
-    mocked.post(GRAPHQL, payload=gql_page([gql_node(1)], "c1", available=37))
+    mocked.post(GRAPHQL, payload=gql_page([gql_node(1)], "c1", available=933))
     mocked.post(GRAPHQL, payload=gql_page([gql_node(2)], None))
     started = time.monotonic()
     assert len((await fetch("shopify", SHOPIFY))[0]) == 2
-    assert time.monotonic() - started >= 0.14  # (52 - 37) / 100
+    assert time.monotonic() - started >= 0.49  # (983 the next page costs - 933) / 100
 
 
 async def test_a_throttle_longer_than_the_cap_fails_at_once(mocked):
@@ -221,7 +221,7 @@ async def test_a_page_too_costly_for_shopify_is_asked_again_smaller(mocked):
     mocked.post(GRAPHQL, callback=calls, repeat=True)
     carts, _ = await fetch("shopify", SHOPIFY)
     assert [c.cart_id for c in carts] == ["1", "2"]
-    assert [call["json"]["variables"]["first"] for call in calls.seen] == [250, 3, 3]
+    assert [call["json"]["variables"]["first"] for call in calls.seen] == [CHECKOUTS_PAGE, 1, 1]
     assert [call["json"]["variables"]["after"] for call in calls.seen] == [None, None, "c1"]
 
 
@@ -250,7 +250,7 @@ async def test_a_response_without_the_connection_is_an_error(mocked):
 
 
 async def test_shopify_rest_follows_link_next_exactly(mocked):
-    following = ("https://acme.myshopify.com/admin/api/2025-10/checkouts.json"
+    following = ("https://acme.myshopify.com/admin/api/2026-10/checkouts.json"
                  "?limit=250&page_info=eyJsYXN0X2lkIjo0fQ%3D%3D")
     calls = Calls(
         CallbackResult(payload={"checkouts": [rest_checkout(1), rest_checkout(2)]},
@@ -262,7 +262,8 @@ async def test_shopify_rest_follows_link_next_exactly(mocked):
     mocked.get(REST, callback=calls, repeat=True)
     carts, _ = await fetch("shopify", {**SHOPIFY, "api": "rest"})
     assert [c.cart_id for c in carts] == ["1", "2", "3"]
-    assert calls.seen[0]["params"] == {"limit": "250", "updated_at_min": "2026-11-23T09:30:00Z"}
+    assert calls.seen[0]["params"] == {"limit": "250", "updated_at_min": "2026-11-23T09:30:00Z",
+                                       "updated_at_max": "2026-11-23T12:00:00Z", "since_id": "0"}
     assert calls.seen[1]["url"] == following and calls.seen[1]["params"] is None
     cart = carts[0]
     assert cart.currency == "EUR" and cart.total_value == Decimal("29.35")
@@ -292,7 +293,7 @@ def test_retry_after_parses_seconds_and_dates_and_falls_back_to_2s():
 
 
 async def test_a_full_leaky_bucket_pauses_before_the_next_page(mocked):
-    following = "https://acme.myshopify.com/admin/api/2025-10/checkouts.json?page_info=p2"
+    following = "https://acme.myshopify.com/admin/api/2026-10/checkouts.json?page_info=p2"
     mocked.get(REST, payload={"checkouts": [rest_checkout(1)]},
                headers={"Link": f'<{following}>; rel="next"', "X-Shopify-Shop-Api-Call-Limit": "39/40"})
     mocked.get(REST, payload={"checkouts": []})
@@ -304,18 +305,22 @@ async def test_a_full_leaky_bucket_pauses_before_the_next_page(mocked):
 # --- WooCommerce ----------------------------------------------------------------
 
 
-async def test_woocommerce_reads_every_page_with_basic_auth(mocked):
-    pages = [[woo_order(1), woo_order(2)], [woo_order(3)], [woo_order(4, "processing")]]
-    calls = Calls(*(CallbackResult(payload=p, headers={"X-WP-TotalPages": "3", "X-WP-Total": "4"})
-                    for p in pages))
+async def test_woocommerce_pages_by_modification_from_the_newest_change_read(mocked):
+    pages = [[woo_order(1, modified="2026-11-23T09:40:00"), woo_order(2, modified="2026-11-23T09:41:00")],
+             [woo_order(3, modified="2026-11-23T09:41:00")],  # the same second: page 2 of it
+             [woo_order(3, modified="2026-11-23T09:41:00"), woo_order(4, "processing",
+                                                                      modified="2026-11-23T09:50:00")]]
+    calls = Calls(*(CallbackResult(payload=p, headers={"X-WP-TotalPages": t, "X-WP-Total": "4"})
+                    for p, t in zip(pages, ("3", "3", "1"))))
     mocked.get(WOO, callback=calls, repeat=True)
     carts, _ = await fetch("woocommerce", WOOCOMMERCE, incremental=True)
     assert [c.cart_id for c in carts] == ["1", "2", "3", "4"]
-    assert [call["params"]["page"] for call in calls.seen] == ["1", "2", "3"]
+    assert [(call["params"]["modified_after"], call["params"]["page"]) for call in calls.seen] == [
+        ("2026-11-23T09:30:00", "1"), ("2026-11-23T09:40:59", "1"), ("2026-11-23T09:40:59", "2")]
     params = calls.seen[0]["params"]
-    assert params["status"] == "pending,failed,checkout-draft,processing,completed"
-    assert params["per_page"] == "100"
-    assert params["modified_after"] == "2026-11-23T09:30:00" and params["dates_are_gmt"] == "true"
+    assert params["status"] == "pending,failed,checkout-draft,processing,completed,on-hold"
+    assert params["per_page"] == "100" and params["dates_are_gmt"] == "true"
+    assert params["orderby"] == "modified" and params["order"] == "asc"
     assert calls.seen[0]["url"].startswith("https://shop.example.com/wp-json/wc/v3/orders?")
     assert calls.seen[0]["headers"]["Authorization"] == aiohttp.encode_basic_auth(KEY, SECRET)
     assert carts[0].total_value == Decimal("29.35") and carts[0].completed_at is None
@@ -479,3 +484,17 @@ async def test_one_session_serves_every_fetch_until_closed(mocked):
     await http.close()
     assert first.closed
     assert http.session() is not first
+
+
+@pytest.mark.parametrize("platform, settings, error", [
+    ("woocommerce", {**WOOCOMMERCE, "auth": "cookie"}, "config.auth must be header or query"),
+    ("woocommerce", {**WOOCOMMERCE, "placed_statuses": []},
+     "config.placed_statuses must be a non-empty list"),
+    ("woocommerce", {**WOOCOMMERCE, "consent_meta_key": ""},
+     "config.consent_meta_key must be a non-empty string"),
+    ("shopify", {"shop_domain": "acme.myshopify.com", "client_id": "abc"},
+     "config.client_secret is missing"),
+])
+async def test_a_bad_connector_option_is_named(platform, settings, error):
+    with pytest.raises(IntegrationError, match=error):
+        await fetch(platform, settings)

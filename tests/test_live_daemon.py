@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import yaml
 
-from fakestore import CONSUMER_SECRET, CUSTOM_TOKEN, TOKEN, fake_store, make_carts
+from fakestore import CLIENT_SECRET, CONSUMER_SECRET, CUSTOM_TOKEN, TOKEN, fake_store, make_carts
 from helpers import Scripted, add_agents, scripted_receiver, wait_until
 from test_daemon import daemon
 
@@ -70,4 +70,31 @@ async def test_the_daemon_delivers_live_carts_and_their_recovery(store, dsn, tmp
     log = (tmp_path / "cartd.log").read_text()
     assert "cycle_finished" in log
     for secret in (TOKEN, CONSUMER_SECRET, CUSTOM_TOKEN):
+        assert secret not in log
+
+
+async def test_a_client_credentials_store_keeps_delivering_across_token_expiries(
+        store, dsn, tmp_path):
+    async with fake_store() as fake, scripted_receiver() as receiver:
+        shop = fake.add("app", [], token_seconds=1)
+        await add_agents(store, 1, platforms=("shopify",),
+                         integration_config=fake.shopify_client("app"))
+        async with daemon(live_config(tmp_path, dsn, receiver.url)) as process:
+            for round_ in range(4):  # a token lives 1 s: three expire on the way
+                # Idle just over an hour, changed after the cursor: abandoned now.
+                shop.carts += make_carts(2, datetime.now(UTC) + timedelta(minutes=59),
+                                         first=100 + 10 * round_)
+                await wait_until(lambda: len(received(receiver, "abandoned_cart.detected"))
+                                 >= 2 * (round_ + 1), timeout=20)
+                issued = len(shop.issued)
+                if round_ < 3:
+                    await wait_until(lambda: len(shop.issued) > issued, timeout=10)
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(process.wait(), 10) == 0
+    assert len(shop.issued) >= 4
+    assert sorted(cart for _, cart, _ in received(receiver, "abandoned_cart.detected")) == [
+        str(100 + 10 * r + n) for r in range(4) for n in range(2)]
+    log = (tmp_path / "cartd.log").read_text()
+    assert "shopify_token_granted" in log and "integration_failed" not in log
+    for secret in (CLIENT_SECRET, *shop.issued):
         assert secret not in log

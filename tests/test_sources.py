@@ -31,11 +31,11 @@ def graphql_node(**changes: Any) -> dict[str, Any]:
         "completedAt": None,
         "customer": {
             "id": "gid://shopify/Customer/77",
-            "email": "ada@example.com",
             "firstName": "Ada",
             "lastName": "Lovelace",
-            "phone": "+15550100",
-            "emailMarketingConsent": {"marketingState": "SUBSCRIBED"},
+            "defaultEmailAddress": {"emailAddress": "ada@example.com",
+                                    "marketingState": "SUBSCRIBED"},
+            "defaultPhoneNumber": {"phoneNumber": "+15550100"},
         },
         "totalPriceSet": {"shopMoney": {"amount": "59.97", "currencyCode": "USD"}},
         "lineItems": {
@@ -63,6 +63,7 @@ def rest_checkout(**changes: Any) -> dict[str, Any]:
         "id": 450789469,
         "email": "bob@example.net",
         "phone": None,
+        "buyer_accepts_marketing": True,
         "abandoned_checkout_url": "https://acme.example.com/recover/450789469",
         "created_at": "2026-11-23T08:10:00-05:00",
         "updated_at": "2026-11-23T08:25:00-05:00",
@@ -75,7 +76,6 @@ def rest_checkout(**changes: Any) -> dict[str, Any]:
             "first_name": "Bob",
             "last_name": "Norman",
             "phone": None,
-            "email_marketing_consent": {"state": "subscribed"},
         },
         "line_items": [
             {
@@ -197,7 +197,8 @@ def test_graphql_discounted_total_and_completion() -> None:
 @pytest.mark.parametrize("state", ["NOT_SUBSCRIBED", "UNSUBSCRIBED", "PENDING", None])
 def test_graphql_consent_other_states(state: str | None) -> None:
     node = graphql_node()
-    node["customer"]["emailMarketingConsent"] = None if state is None else {"marketingState": state}
+    node["customer"]["defaultEmailAddress"] = (
+        None if state is None else {"emailAddress": "ada@example.com", "marketingState": state})
     assert shopify.normalise_graphql(node).customer.accepts_marketing is False
 
 
@@ -240,15 +241,13 @@ def test_rest_documented_shape() -> None:
 
 
 def test_rest_guest_email_completion_and_consent() -> None:
-    checkout = rest_checkout(customer=None, completed_at="2026-11-23T14:00:00Z", order_id=55)
+    checkout = rest_checkout(customer=None, completed_at="2026-11-23T14:00:00Z", order_id=55,
+                             buyer_accepts_marketing=False)
     cart = shopify.normalise_rest(checkout)
     assert cart.customer.email == "bob@example.net"
     assert cart.customer.accepts_marketing is False
     assert cart.completed_at == at("2026-11-23T14:00:00Z")
     assert cart.order_id == "55"
-    checkout = rest_checkout()
-    checkout["customer"]["email_marketing_consent"] = {"state": "not_subscribed"}
-    assert shopify.normalise_rest(checkout).customer.accepts_marketing is False
 
 
 # WooCommerce
@@ -292,7 +291,7 @@ def test_woo_unit_price_falls_back_to_price_via_str() -> None:
 )
 def test_woo_completed_statuses(changes: dict[str, Any], placed: str) -> None:
     cart = woocommerce.normalise(woo_order(**changes))
-    assert changes["status"] in woocommerce.COMPLETED_STATUSES
+    assert changes["status"] in woocommerce.PLACED_STATUSES
     assert cart.completed_at == at(placed)
     assert cart.order_id == "727"
 
@@ -300,7 +299,7 @@ def test_woo_completed_statuses(changes: dict[str, Any], placed: str) -> None:
 @pytest.mark.parametrize(
     ("meta", "consent"),
     [
-        ([{"key": "_cartd_marketing_consent", "value": "yes"}], True),
+        ([{"key": "marketing_consent", "value": "yes"}], True),
         ([{"key": "marketing_consent", "value": True}], True),
         ([{"key": "marketing_consent", "value": "no"}], False),
         ([{"key": "other", "value": "yes"}], False),
@@ -309,7 +308,7 @@ def test_woo_completed_statuses(changes: dict[str, Any], placed: str) -> None:
 )
 def test_woo_consent(meta: Any, consent: bool) -> None:
     order = woo_order(meta_data=meta, customer_id=12)
-    cart = woocommerce.normalise(order)
+    cart = woocommerce.normalise(order, consent_key="marketing_consent")
     assert cart.customer.accepts_marketing is consent
     assert cart.customer.id == "12"
 

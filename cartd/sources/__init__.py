@@ -8,15 +8,24 @@ from typing import Any
 from uuid import UUID
 
 from cartd.config import Config
-from cartd.sources.http import close
+from cartd.sources import http, shopify_admin
+from cartd.sources.http import Budget
 from cartd.sources.live import fetch_live
 from cartd.sources.mock import mock_carts
 from cartd.sources.model import Cart, IntegrationError
 
-__all__ = ["PLATFORMS", "Fetched", "Integration", "IntegrationError", "close", "fetch"]
+__all__ = ["PLATFORMS", "Budget", "Fetched", "Integration", "IntegrationError", "close", "fetch"]
 
 PLATFORMS = ("shopify", "woocommerce", "custom")
 FIRST_POLL_HISTORY = timedelta(hours=24)
+READ_SHARE = 0.5  # of the polling interval, the time one live read may take per cycle
+
+
+async def close() -> None:
+    """Close the shared HTTP session and forget the tokens and rate-limit readings kept
+    in memory (at daemon shutdown); the next fetch starts afresh."""
+    shopify_admin.forget_all()
+    await http.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,16 +53,26 @@ class Integration:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
+    """An integration's carts and how far its store was read (see `Read`): the cursor may
+    move up to `through` (None: it stays), less what was not yet idle at `read_at`;
+    `resume` is kept with it for a read that stopped inside a window."""
+
     carts: list[Cart]
     malformed: int
     mock_epoch: datetime | None
+    through: datetime | None
+    read_at: datetime
+    resume: dict[str, Any] | None = None
+    stopped: str | None = None
 
 
 async def fetch(
     integration: Integration, *, config: Config, since: datetime | None,
-    mock_epoch: datetime | None, now: datetime,
+    mock_epoch: datetime | None, now: datetime, resume: Any = None,
+    budget: Budget | None = None,
 ) -> Fetched:
-    """The integration's carts updated after `since`.
+    """The integration's carts updated after `since`, read within `budget` (by default
+    READ_SHARE of the polling interval and MAX_REQUESTS requests).
 
     With no `since` (the first poll), a mock store returns everything it holds and a live
     store what changed within `carts.max_age`: older carts are never abandoned ones.
@@ -63,8 +82,11 @@ async def fetch(
         carts, malformed = mock_carts(
             integration.platform, str(integration.id), epoch, since, now, config.platforms.mock
         )
-        return Fetched(carts, malformed, epoch)
+        return Fetched(carts, malformed, epoch, now, now)
     start = since or now - timedelta(seconds=config.carts.max_age)
-    carts, malformed = await fetch_live(integration.platform, integration.config, config, start,
-                                        incremental=since is not None)
-    return Fetched(carts, malformed, None)
+    read = await fetch_live(
+        integration.platform, integration.config, config, start, incremental=since is not None,
+        now=now, resume=resume,
+        budget=budget or Budget(config.polling.interval * READ_SHARE))
+    return Fetched(read.carts, read.malformed, None, read.through, read.read_at, read.resume,
+                   read.stopped)

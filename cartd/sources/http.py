@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import json
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from cartd.sources.model import IntegrationError
 
 TIMEOUT_SECONDS = 30.0  # per request, connection to last byte
 MAX_BODY_BYTES = 10 * 1024 * 1024
-MAX_PAGES = 200  # per integration per cycle
+MAX_REQUESTS = 200  # per integration per cycle
 MAX_WAIT_SECONDS = 30.0  # the longest rate-limit wait honoured; longer is an error
 MAX_RETRIES = 4  # rate-limited retries of one request
 DEFAULT_RETRY_AFTER = 2.0
@@ -44,6 +45,46 @@ _REASONS = {
 }
 
 _session: tuple[aiohttp.ClientSession, asyncio.AbstractEventLoop] | None = None
+
+
+class StatusError(IntegrationError):
+    """The store answered with an HTTP error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OutOfBudget(IntegrationError):
+    """A read's requests or time for this cycle ran out; what it read so far stands."""
+
+
+class Budget:
+    """The requests and seconds one read may spend in this cycle (README "Connecting
+    stores": a store is read in slices).
+
+    Until the read has made progress (`progressed`: a record read completely), the budget
+    does not stop it, so that every cycle gets at least one record further whatever the
+    store's rate limit; each wait stays bounded by MAX_WAIT_SECONDS.
+    """
+
+    def __init__(self, seconds: float, requests: int = MAX_REQUESTS) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.requests = requests
+        self.progressed = False
+
+    def spend_request(self) -> None:
+        """Count one request; OutOfBudget when none is left."""
+        if self.requests <= 0 and self.progressed:
+            raise OutOfBudget("the cycle's request budget is spent")
+        self.requests -= 1
+
+    def check_wait(self, seconds: float, why: str) -> None:
+        """OutOfBudget when waiting `seconds` would end past the deadline, or is longer
+        than MAX_WAIT_SECONDS."""
+        late = time.monotonic() + seconds > self.deadline and self.progressed
+        if late or seconds > MAX_WAIT_SECONDS:
+            raise OutOfBudget(f"{why}: a {seconds:.3g} s wait would pass the cycle's time budget")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,40 +177,59 @@ async def request(
     secrets: Iterable[str] = (),
     headers: Mapping[str, str] | None = None,
     json_body: Any = None,
+    form: Mapping[str, str] | None = None,
     params: Mapping[str, str] | None = None,
     throttle: Throttle = http_429,
+    budget: Budget | None = None,
 ) -> Reply:
-    """One JSON request, retried while `throttle` asks (bounded); IntegrationError unless 2xx."""
+    """One JSON request, retried while `throttle` asks (bounded); IntegrationError unless 2xx.
+
+    With a `budget`, the request counts against it, and a wait that would pass its
+    deadline raises OutOfBudget instead.
+    """
     hidden = tuple(secrets)
     host = urlsplit(check_url(url)).hostname
     attempt = 0
-    reply = await _once(method, url, hidden, headers, json_body, params)
+    if budget is not None:
+        budget.spend_request()
+    body = _Body(json_body, form)
+    reply = await _once(method, url, hidden, headers, body, params)
     while (wait := throttle(reply)) is not None:
         if wait > MAX_WAIT_SECONDS or attempt == MAX_RETRIES:
             raise IntegrationError(f"rate limited by {host} (asked to wait {wait:g} s)")
+        if budget is not None:
+            budget.check_wait(wait, f"rate limited by {host}")
         await asyncio.sleep(wait)
         attempt += 1
-        reply = await _once(method, url, hidden, headers, json_body, params)
+        reply = await _once(method, url, hidden, headers, body, params)
     if 300 <= reply.status < 400:
         raise IntegrationError(
             f"HTTP {reply.status} from {host}: redirects are not followed, use the final URL")
     if not 200 <= reply.status < 300:
         reason = _REASONS.get(reply.status)
-        raise IntegrationError(f"HTTP {reply.status} from {host}"
-                               f"{f': {reason}' if reason else ''}{_detail(reply, hidden)}")
+        raise StatusError(f"HTTP {reply.status} from {host}"
+                          f"{f': {reason}' if reason else ''}{_detail(reply, hidden)}", reply.status)
     if reply.body is None:
         raise IntegrationError(f"malformed JSON from {host}")
     return reply
 
 
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """What a request sends: JSON, or a form (`application/x-www-form-urlencoded`)."""
+
+    json: Any
+    form: Mapping[str, str] | None
+
+
 async def _once(
     method: str, url: str, secrets: tuple[str, ...], headers: Mapping[str, str] | None,
-    json_body: Any, params: Mapping[str, str] | None,
+    body: _Body, params: Mapping[str, str] | None,
 ) -> Reply:
     host = urlsplit(url).hostname
     try:
         async with session().request(
-            method, url, headers=headers, json=json_body, params=params,
+            method, url, headers=headers, json=body.json, data=body.form, params=params,
             allow_redirects=False,
         ) as response:
             raw = await _read(response, host)
@@ -180,10 +240,10 @@ async def _once(
         reason = " ".join(scrub(str(exc) or type(exc).__name__, secrets).split())[:200]
         raise IntegrationError(f"request to {host} failed: {reason}") from None
     try:
-        body = json.loads(raw) if raw else None
+        parsed = json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError):
-        body = None
-    return Reply(status, reply_headers, body)
+        parsed = None
+    return Reply(status, reply_headers, parsed)
 
 
 async def _read(response: aiohttp.ClientResponse, host: str | None) -> bytes:
@@ -205,9 +265,11 @@ def _detail(reply: Reply, secrets: tuple[str, ...]) -> str:
     body = reply.body
     message: Any = None
     if isinstance(body, dict):
-        message = body.get("message") or body.get("errors") or body.get("error")
-        if isinstance(body.get("code"), str) and isinstance(message, str):
-            message = f"{body['code']}: {message}"
+        message = (body.get("message") or body.get("errors") or body.get("error_description")
+                   or body.get("error"))
+        code = body.get("code") or body.get("error")  # WooCommerce; OAuth (RFC 6749 5.2)
+        if isinstance(code, str) and isinstance(message, str) and message != code:
+            message = f"{code}: {message}"
     if isinstance(message, list) and message and isinstance(message[0], dict):
         message = message[0].get("message")
     if not isinstance(message, str) or not message.strip():

@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from functools import cache, lru_cache
+from functools import cache, lru_cache, partial
 from typing import Any, NamedTuple
 
 from faker import Faker
@@ -243,11 +243,11 @@ def _shopify_customer(number: int) -> dict[str, Any] | None:
     state = "SUBSCRIBED" if person.accepts_marketing else "NOT_SUBSCRIBED"
     return {
         "id": person.shopify_id,
-        "email": person.email,
         "firstName": person.first,
         "lastName": person.last,
-        "phone": person.phone,
-        "emailMarketingConsent": {"marketingState": state} if person.email else None,
+        "defaultEmailAddress": (
+            {"emailAddress": person.email, "marketingState": state} if person.email else None),
+        "defaultPhoneNumber": {"phoneNumber": person.phone} if person.phone else None,
     }
 
 
@@ -313,8 +313,11 @@ def _woocommerce_line(position: int, index: int, quantity: int) -> dict[str, Any
     }
 
 
+# Mock WooCommerce stores keep consent under this order meta key (a live store names its
+# key in `consent_meta_key`).
+MOCK_CONSENT_KEY = "_cartd_marketing_consent"
 _WOOCOMMERCE_CONSENT = {
-    consent: [{"key": "_cartd_marketing_consent", "value": "yes" if consent else "no"}]
+    consent: [{"key": MOCK_CONSENT_KEY, "value": "yes" if consent else "no"}]
     for consent in (False, True)
 }
 
@@ -393,7 +396,7 @@ def _custom(store: _Store, slot: _Slot) -> dict[str, Any]:
 _Platform = tuple[Callable[[_Store, _Slot], dict[str, Any]], Callable[[Any], Cart]]
 _PLATFORMS: dict[str, _Platform] = {
     "shopify": (_shopify, shopify.normalise_graphql),
-    "woocommerce": (_woocommerce, woocommerce.normalise),
+    "woocommerce": (_woocommerce, partial(woocommerce.normalise, consent_key=MOCK_CONSENT_KEY)),
     "custom": (_custom, custom.normalise),
 }
 

@@ -1,4 +1,8 @@
-"""Shopify abandoned checkouts (GraphQL `abandonedCheckouts` nodes and REST `checkouts.json`)."""
+"""Shopify abandoned checkouts (GraphQL `abandonedCheckouts` nodes and REST `checkouts.json`).
+
+Money is the shop's (`shopMoney`, REST `currency`): every cart of a store in one
+currency, the one its revenue is reported in (README "Connecting stores").
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ from cartd.sources.custom import (
     optional_time,
     quantity,
     text,
-    title,
 )
 from cartd.sources.model import Cart, Customer, Item, MalformedRecord, money, timestamp
 
@@ -37,30 +40,54 @@ def _cart_id(value: Any) -> str:
     return ident
 
 
-def _title(name: Any, variant: Any) -> str:
-    variant_title = text(variant)
-    if variant_title is None or variant_title == "Default Title":
-        return title(name)
-    return f"{title(name)} - {variant_title}"
+# What a line whose product title is gone (null) is called, when it has no variant
+# title or SKU either.
+UNTITLED = "Untitled item"
 
 
-# Customer field names: first name, last name, consent object, consent state.
-_GRAPHQL_KEYS = ("firstName", "lastName", "emailMarketingConsent", "marketingState")
-_REST_KEYS = ("first_name", "last_name", "email_marketing_consent", "state")
+def _title(name: Any, variant: Any, sku: Any) -> str:
+    """`Product - Variant`; a null title falls back to the variant title, then the SKU."""
+    product, variant_title = text(name), text(variant)
+    if variant_title == "Default Title":
+        variant_title = None
+    if product is None:
+        return variant_title or text(sku) or UNTITLED
+    return product if variant_title is None else f"{product} - {variant_title}"
 
 
-def _customer(value: Any, checkout: dict[str, Any], keys: tuple[str, str, str, str]) -> Customer:
-    first, last, consent, state = keys
-    raw = {} if value is None else mapping(value, "customer")
-    marketing = raw.get(consent)
-    state_value = None if marketing is None else mapping(marketing, consent).get(state)
+def _part(value: Any, what: str) -> dict[str, Any]:
+    """An optional nested object: {} when it is null."""
+    return {} if value is None else mapping(value, what)
+
+
+def _graphql_customer(value: Any) -> Customer:
+    """From `customer {id firstName lastName defaultEmailAddress {emailAddress
+    marketingState} defaultPhoneNumber {phoneNumber}}`; any of it may be null (a guest,
+    or protected customer data the app may not read)."""
+    raw = _part(value, "customer")
+    email = _part(raw.get("defaultEmailAddress"), "defaultEmailAddress")
+    phone = _part(raw.get("defaultPhoneNumber"), "defaultPhoneNumber")
+    return Customer(  # positional: twice as fast as keywords
+        _gid(raw.get("id")),  # id
+        text(email.get("emailAddress")),  # email
+        text(raw.get("firstName")),  # first_name
+        text(raw.get("lastName")),  # last_name
+        text(phone.get("phoneNumber")),  # phone
+        email.get("marketingState") == "SUBSCRIBED",  # accepts_marketing
+    )
+
+
+def _rest_customer(value: Any, checkout: dict[str, Any]) -> Customer:
+    """The nested customer, with the checkout's own contact and consent: from 2025-01 the
+    customer carries no consent, `buyer_accepts_marketing` is the buyer's choice."""
+    raw = _part(value, "customer")
     return Customer(  # positional: twice as fast as keywords
         _gid(raw.get("id")),  # id
         text(raw.get("email")) or text(checkout.get("email")),  # email
-        text(raw.get(first)),  # first_name
-        text(raw.get(last)),  # last_name
+        text(raw.get("first_name")),  # first_name
+        text(raw.get("last_name")),  # last_name
         text(raw.get("phone")) or text(checkout.get("phone")),  # phone
-        isinstance(state_value, str) and state_value.lower() == "subscribed",  # accepts_marketing
+        checkout.get("buyer_accepts_marketing") is True,  # accepts_marketing
     )
 
 
@@ -78,7 +105,7 @@ def _graphql_item(value: Any, cart_currency: str) -> Item:
         _node_gid(line.get("product")),  # product_id
         _node_gid(line.get("variant")),  # variant_id
         text(line.get("sku")),  # sku
-        _title(line.get("title"), line.get("variantTitle")),  # title
+        _title(line.get("title"), line.get("variantTitle"), line.get("sku")),  # title
         quantity(line.get("quantity")),  # quantity
         money(price.get("amount"), "line price"),  # unit_price
     )
@@ -96,7 +123,7 @@ def normalise_graphql(node: Any) -> Cart:
     updated = raw.get("updatedAt")
     return Cart(
         cart_id=cart_id,
-        customer=_customer(raw.get("customer"), raw, _GRAPHQL_KEYS),
+        customer=_graphql_customer(raw.get("customer")),
         items=tuple([_graphql_item(line, cart_currency) for line in line_items(nodes)]),
         currency=cart_currency,
         created_at=created_at,
@@ -113,7 +140,7 @@ def _rest_item(value: Any) -> Item:
         identifier(line.get("product_id")),  # product_id
         identifier(line.get("variant_id")),  # variant_id
         text(line.get("sku")),  # sku
-        _title(line.get("title"), line.get("variant_title")),  # title
+        _title(line.get("title"), line.get("variant_title"), line.get("sku")),  # title
         quantity(line.get("quantity")),  # quantity
         money(line.get("price"), "line price"),  # unit_price
     )
@@ -128,7 +155,7 @@ def normalise_rest(checkout: Any) -> Cart:
     total = raw.get("total_price")
     return Cart(
         cart_id=cart_id,
-        customer=_customer(raw.get("customer"), raw, _REST_KEYS),
+        customer=_rest_customer(raw.get("customer"), raw),
         items=tuple(map(_rest_item, line_items(raw.get("line_items")))),
         currency=currency(raw.get("currency") or raw.get("presentment_currency")),
         created_at=created_at,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -19,10 +20,9 @@ from cartd.sources.custom import (
 )
 from cartd.sources.model import Cart, Customer, Item, money, timestamp
 
-# Statuses of an order that was placed: its cart is recovered, not abandoned.
-COMPLETED_STATUSES = frozenset({"processing", "completed", "on-hold"})
-
-_CONSENT_KEYS = frozenset({"_cartd_marketing_consent", "marketing_consent"})
+# Statuses of an order that was placed (paid, or awaiting a bank transfer, cheque or cash
+# on delivery as `on-hold`): its cart is recovered, not abandoned. `placed_statuses`.
+PLACED_STATUSES = ("processing", "completed", "on-hold")
 
 
 def _unit_price(line: dict[str, Any], count: int) -> Decimal:
@@ -43,7 +43,7 @@ def _item(value: Any) -> Item:
         _ref(line.get("product_id")),  # product_id
         _ref(line.get("variation_id")),  # variant_id
         text(line.get("sku")),  # sku
-        title(line.get("name")),  # title
+        title(_unescape(line.get("name"))),  # title
         count,  # quantity
         _unit_price(line, count),  # unit_price
     )
@@ -55,25 +55,31 @@ def _ref(value: Any) -> str | None:
     return None if ident == "0" else ident
 
 
-def _accepts_marketing(meta: Any) -> bool:
-    if not isinstance(meta, list):
+def _unescape(value: Any) -> Any:
+    """WooCommerce sends names HTML-escaped (`Hoodie &ndash; Blue`)."""
+    return html.unescape(value) if isinstance(value, str) and "&" in value else value
+
+
+def _accepts_marketing(meta: Any, consent_key: str | None) -> bool:
+    """The truthy value of the order meta `consent_key`; no key, no consent."""
+    if consent_key is None or not isinstance(meta, list):
         return False
     for entry in meta:
-        if isinstance(entry, dict) and entry.get("key") in _CONSENT_KEYS:
+        if isinstance(entry, dict) and entry.get("key") == consent_key:
             return flag(entry.get("value"))
     return False
 
 
-def _customer(order: dict[str, Any]) -> Customer:
+def _customer(order: dict[str, Any], consent_key: str | None) -> Customer:
     billing = order.get("billing")
     raw = {} if billing is None else mapping(billing, "billing")
     return Customer(  # positional: twice as fast as keywords
         _ref(order.get("customer_id")),  # id
         text(raw.get("email")),  # email
-        text(raw.get("first_name")),  # first_name
-        text(raw.get("last_name")),  # last_name
+        text(_unescape(raw.get("first_name"))),  # first_name
+        text(_unescape(raw.get("last_name"))),  # last_name
         text(raw.get("phone")),  # phone
-        _accepts_marketing(order.get("meta_data")),  # accepts_marketing
+        _accepts_marketing(order.get("meta_data"), consent_key),  # accepts_marketing
     )
 
 
@@ -83,18 +89,20 @@ def _completed_at(order: dict[str, Any], modified: datetime) -> datetime:
     return modified if placed is None else timestamp(placed, "date_paid_gmt")
 
 
-def normalise(order: Any) -> Cart:
-    """A Cart from one `wc/v3/orders` element; a placed order carries its completion."""
+def normalise(order: Any, placed: frozenset[str] | tuple[str, ...] = PLACED_STATUSES,
+              consent_key: str | None = None) -> Cart:
+    """A Cart from one `wc/v3/orders` element; an order whose status is in `placed`
+    carries its completion. Consent is the order meta `consent_key`, if any."""
     raw = mapping(order, "order")
     cart_id = required_id(raw.get("id"), "order id")
     created_at = timestamp(raw.get("date_created_gmt"), "date_created_gmt")
     modified = raw.get("date_modified_gmt")
     last_activity = created_at if modified is None else timestamp(modified, "date_modified_gmt")
-    completed = raw.get("status") in COMPLETED_STATUSES
+    completed = raw.get("status") in placed
     total = raw.get("total")
     return Cart(
         cart_id=cart_id,
-        customer=_customer(raw),
+        customer=_customer(raw, consent_key),
         items=tuple(map(_item, line_items(raw.get("line_items")))),
         currency=currency(raw.get("currency")),
         created_at=created_at,

@@ -1,0 +1,87 @@
+"""What the live connectors share: the records a read gathered and how far it got.
+
+A store is read in slices: each cycle a read may spend its `http.Budget` (requests and a
+share of the polling interval). When either runs out it stops at a point up to which
+the store was read completely and says so (`Read.through`, or `Read.resume` for a store
+read in an order that is not by time); the next cycle goes on from there (README
+"Connecting stores").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cartd.sources.http import check_url
+from cartd.sources.model import Cart, IntegrationError, MalformedRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """The carts of one read and how far it got.
+
+    `through`: every record changed up to then was read (None: no further than the
+    cursor it started from). `read_at`: when the earliest of those records were read,
+    so that carts not yet idle long enough then are read again. `resume`: where a read
+    that stopped inside a window goes on (JSON, kept with the cursor), else None.
+    `stopped`: why it stopped early, else None.
+    """
+
+    carts: list[Cart]
+    malformed: int
+    through: datetime | None
+    read_at: datetime
+    resume: dict[str, Any] | None = None
+    stopped: str | None = None
+
+
+class Batch:
+    """Records normalised into carts, one per cart id (the latest version of a record
+    listed twice); malformed ones are counted, not fatal."""
+
+    def __init__(self, normalise: Callable[[Any], Cart]) -> None:
+        self.normalise = normalise
+        self.by_id: dict[str, Cart] = {}
+        self.malformed = 0
+
+    def add(self, records: Any, what: str) -> None:
+        if not isinstance(records, list):
+            raise IntegrationError(f"malformed response: {what} is not a list")
+        for record in records:
+            try:
+                cart = self.normalise(record)
+            except MalformedRecord:
+                self.malformed += 1
+                continue
+            known = self.by_id.get(cart.cart_id)
+            if known is None or known.last_activity <= cart.last_activity:
+                self.by_id[cart.cart_id] = cart
+
+    @property
+    def carts(self) -> list[Cart]:
+        return list(self.by_id.values())
+
+
+def option(settings: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = settings.get(key, default)
+    if value is None or value == "":
+        raise IntegrationError(f"config.{key} is missing")
+    if not isinstance(value, str):
+        raise IntegrationError(f"config.{key} must be a string")
+    return value
+
+
+def base_url(settings: dict[str, Any]) -> str:
+    """`config.base_url` without its trailing slash, once it passed the URL rules."""
+    return check_url(option(settings, "base_url").rstrip("/"))
+
+
+def status_list(settings: dict[str, Any], key: str, default: tuple[str, ...]) -> list[str]:
+    """A non-empty list of distinct status names from `config.{key}`."""
+    configured = settings.get(key, default)
+    if (not isinstance(configured, list | tuple) or not configured
+            or not all(isinstance(s, str) and s for s in configured)):
+        raise IntegrationError(f"config.{key} must be a non-empty list of order statuses")
+    return list(dict.fromkeys(configured))
