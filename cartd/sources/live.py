@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -22,7 +23,7 @@ from cartd.sources.http import (
     request,
     retry_after,
 )
-from cartd.sources.model import Cart, IntegrationError, MalformedRecord, iso
+from cartd.sources.model import Cart, Gathered, IntegrationError, iso
 
 SHOPIFY_PAGE = 250
 WOOCOMMERCE_PAGE = 100
@@ -42,27 +43,25 @@ _NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?', re.IGNORECASE)
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?$", re.IGNORECASE)
 
 
-class _Batch:
-    """Records normalised into carts; malformed ones are counted, not fatal."""
+class _Batch(Gathered):
+    """The pages' records normalised into carts (one per id); malformed ones are counted,
+    not fatal."""
+
+    __slots__ = ("normalise",)
 
     def __init__(self, normalise: Callable[[Any], Cart]) -> None:
+        super().__init__()
         self.normalise = normalise
-        self.carts: list[Cart] = []
-        self.malformed = 0
 
     def add(self, records: Any, what: str) -> None:
         if not isinstance(records, list):
             raise IntegrationError(f"malformed response: {what} is not a list")
-        for record in records:
-            try:
-                self.carts.append(self.normalise(record))
-            except MalformedRecord:
-                self.malformed += 1
+        self.gather(records, self.normalise)
 
 
 async def fetch_live(platform: str, settings: dict[str, Any], config: Config, since: datetime,
-                     *, incremental: bool) -> tuple[list[Cart], int]:
-    """(carts, malformed records) of a live store, updated after `since`.
+                     *, incremental: bool) -> tuple[list[Cart], Counter[str]]:
+    """The carts of a live store updated after `since`, and its malformed records by reason.
 
     `incremental` polls (the store was read before) also ask for placed orders, so
     that carts delivered as abandoned are seen completing.
