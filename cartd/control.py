@@ -96,7 +96,7 @@ def build_app(daemon: Daemon) -> web.Application:
     async def run_once(_: web.Request) -> web.Response:
         summary = await daemon.run_once()
         if summary is None:
-            return error(f"database: {daemon.database.text()}", 503)
+            return error(daemon.cycle_error or "cycle failed", 503)
         return reply(summary)
 
     @routes.post("/reload")

@@ -138,6 +138,7 @@ class Daemon:
         self.polling_enabled = config.polling.enabled
         self.cycles = 0
         self.last_cycle: dict[str, Any] | None = None
+        self.cycle_error: str | None = None  # why the last cycle failed, if it did
         self.metrics = Metrics()
         self.stopping = asyncio.Event()
         self._poll_wake = asyncio.Event()
@@ -318,7 +319,8 @@ class Daemon:
     # --- polling ------------------------------------------------------------
 
     async def run_cycle(self, *, force: bool = False) -> tuple[CycleSummary, list[str]] | None:
-        """One cycle, logged and counted; None when it failed (the database, say)."""
+        """One cycle, logged and counted; None when it failed (the database, say, or an
+        unexpected exception: logged with its traceback, and the next cycle runs)."""
         assert self.poller is not None
         started = time.monotonic()
         async with self._cycle_lock:
@@ -329,10 +331,16 @@ class Daemon:
                 summary, ids = await self.poller.run_cycle(force=force)
             except DB_ERRORS as exc:
                 found = self.database.failed("cycle", exc)
-                self.metrics.poll_cycles.labels("error").inc()
-                self.metrics.cycle_duration.observe(time.monotonic() - started)
+                self.cycle_error = f"database: {found}"
                 log.error("cycle_failed", error=str(found))
+                self._count_failed_cycle(started)
                 return None
+            except Exception as exc:
+                self.cycle_error = f"cycle failed: {type(exc).__name__}: {exc}"[:300]
+                log.error("cycle_failed", error=self.cycle_error, exc_info=True)
+                self._count_failed_cycle(started)
+                return None
+        self.cycle_error = None
         self._database_ok("cycle")
         self.cycles += 1
         self.last_cycle = summary.as_dict()
@@ -414,6 +422,10 @@ class Daemon:
                 pass
 
     # --- metrics ------------------------------------------------------------
+
+    def _count_failed_cycle(self, started: float) -> None:
+        self.metrics.poll_cycles.labels("error").inc()
+        self.metrics.cycle_duration.observe(time.monotonic() - started)
 
     def _count_cycle(self, summary: CycleSummary, seconds: float) -> None:
         m = self.metrics

@@ -21,10 +21,23 @@ def new_webhook_id() -> str:
     return "msg_" + secrets.token_hex(16)
 
 
+# Money is written as a JSON number that a receiver reading it as a 64-bit float gets
+# exactly: a decimal of at most 15 significant digits (DBL_DIG) converts to the nearest
+# double and back to the same digits, and the shortest representation of that double
+# (what orjson writes, as Python's repr does) is therefore that decimal itself. Carts
+# keep their amounts below 10**11 / 10**minor-digits (`model.CART_DIGITS`), so even a
+# payload's total of 10,000 carts stays within 15 digits; whole amounts (JPY) are ints.
+EXACT_DIGITS = 15
+_SMALLEST = -307  # the exponent of the smallest normal double, near 2.2e-308
+
+
 def _number(value: Any) -> Any:
-    # Quantized Decimals have at most 15 significant digits in practice, so the
-    # float's shortest repr prints exactly the same digits: no precision is lost.
+    """A Decimal as the JSON number of the same value: an int when it is whole by its
+    exponent, else a float; ValueError when a float would not hold it exactly."""
     if isinstance(value, Decimal):
+        if value and not (value.is_finite() and len(value.as_tuple().digits) <= EXACT_DIGITS
+                          and _SMALLEST <= value.adjusted() < EXACT_DIGITS):
+            raise ValueError(f"{value} cannot be written exactly as a JSON number")
         return int(value) if value.as_tuple().exponent >= 0 else float(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
@@ -39,8 +52,9 @@ def dumps(body: dict[str, Any]) -> bytes:
 
 
 def money_number(currency: str) -> Callable[[Decimal], int | float]:
-    """How an amount quantized to the currency is written (as `_number` would): a whole
-    number where the currency has no minor unit, else the float of the same digits."""
+    """How an amount of a cart in `currency` is written (as `_number` would, without its
+    check: a cart's amounts are bounded): a whole number where the currency has no minor
+    unit, else the float of the same digits."""
     return int if minor_units(currency) == 0 else float
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections import Counter, defaultdict, deque
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import structlog
@@ -18,7 +19,7 @@ import structlog
 from cartd import payload
 from cartd.config import Config, parse_duration
 from cartd.sources import Fetched, Integration, IntegrationError, fetch
-from cartd.sources.model import Cart, iso
+from cartd.sources.model import MAX_TEXT, MAX_URL, Cart, clean, iso
 from cartd.store import AgentWork, NewDelivery, SourceState, Store
 
 log = structlog.get_logger("cartd.poller")
@@ -30,6 +31,7 @@ CART_BATCH = 2000  # about this many carts are held in memory and recorded per t
 WRITERS = 2  # group transactions of a cycle in flight at once
 CURSOR_OVERLAP = timedelta(minutes=5)
 AGENT_LEASE_FLOOR = timedelta(seconds=30)
+MAX_ABANDONED_AFTER = 3650 * 86400.0  # seconds; an agent's settings.abandoned_after
 
 
 @dataclass
@@ -52,11 +54,13 @@ class CycleSummary:
     new_by_platform: Counter[str] = field(default_factory=Counter, repr=False)
     recovered_by_platform: Counter[str] = field(default_factory=Counter, repr=False)
     value_by: dict[tuple[str, str], Decimal] = field(default_factory=dict, repr=False)
+    # Integrations taken this cycle: one listed twice (a view, say) is polled once.
+    taken: set[Any] = field(default_factory=set, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for private in ("platforms", "polls", "new_by_platform", "recovered_by_platform",
-                        "value_by"):
+                        "value_by", "taken"):
             del data[private]
         data["recovery_value"] = {k: float(v) for k, v in sorted(self.recovery_value.items())}
         return data
@@ -94,8 +98,10 @@ def agent_rules(settings: Any, config: Config) -> Rules:
     carts = config.carts
     try:
         abandoned_after = parse_duration(settings.get("abandoned_after", carts.abandoned_after))
-    except ValueError:
-        raise ValueError("settings.abandoned_after must be a duration") from None
+        if not 0 <= abandoned_after <= MAX_ABANDONED_AFTER:
+            raise ValueError
+    except (ArithmeticError, ValueError):
+        raise ValueError("settings.abandoned_after must be a duration from 0 to 3650d") from None
     try:
         min_value = Decimal(str(settings.get("min_value", carts.min_value)))
         if not min_value.is_finite() or min_value < 0:
@@ -107,7 +113,7 @@ def agent_rules(settings: Any, config: Config) -> Rules:
         raise ValueError("settings.require_marketing_consent must be true or false")
     url, url_error = settings.get("webhook_url"), None
     if url is not None:
-        host = urlsplit(url).hostname if isinstance(url, str) else None
+        host = _host(url)
         if not host or urlsplit(url).scheme not in ("http", "https"):
             url_error = "settings.webhook_url is not an http(s) URL"
         elif host not in config.webhook.allowed_override_hosts:
@@ -123,12 +129,59 @@ def agent_rules(settings: Any, config: Config) -> Rules:
     )
 
 
+def _host(url: Any) -> str | None:
+    """The host of an http(s) URL of at most MAX_URL characters, else None."""
+    if not isinstance(url, str) or len(url) > MAX_URL:
+        return None
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        return None
+
+
+class AgentCard(NamedTuple):
+    """The `agent_info` and `company` objects of an agent's payloads."""
+
+    agent: dict[str, Any]
+    company: dict[str, Any]
+
+
+def _app_text(value: Any, what: str, limit: int = MAX_TEXT) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is not text")
+    return clean(value, what, limit)
+
+
+def agent_card(agent: AgentWork) -> AgentCard:
+    """The agent's payload objects from its application rows; ValueError naming a field
+    that a payload cannot carry (not text, too long)."""
+    company = agent.company
+    name = _app_text(company["name"], "company name")
+    return AgentCard(
+        {"id": str(agent.id), "name": _app_text(agent.name, "agent name"), "company": name,
+         "company_id": company["id"], "template_slug": agent.template_slug},
+        {"id": company["id"], "name": name,
+         "website": _app_text(company["website"], "company website", MAX_URL),
+         "email": _app_text(company["email"], "company email"),
+         "phone": _app_text(company["phone"], "company phone")},
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one bounded line: its message, else its type."""
+    text = " ".join(str(exc).split())[:300]
+    return text or type(exc).__name__
+
+
 @dataclass
 class _Job:
     """One integration of one claimed agent, through the cycle."""
 
     agent: Any
     rules: Rules
+    card: AgentCard
     integration: Integration
     state: SourceState
     fetched: Fetched | None = None
@@ -227,22 +280,10 @@ class Poller:
         `writing` while the next groups are fetched, WRITERS at most; the batch's last one
         releases the agents. Returns the ids of the deliveries whose transaction ended."""
         summary.agents_found += len(agents)
-        candidates: list[tuple[Any, Rules, Integration]] = []
-        for agent in agents:
-            try:
-                rules = agent_rules(agent.settings, config)
-            except ValueError as exc:
-                summary.integration_errors += len(agent.integrations)
-                log.warning("agent_skipped", agent_id=str(agent.id), error=str(exc))
-                continue
-            for row in agent.integrations:
-                try:
-                    candidates.append((agent, rules, Integration.from_row(row, config)))
-                except IntegrationError as exc:
-                    self._failed(summary, row.get("platform"), agent, row.get("id"), exc)
-        states = await self.store.source_states([i.id for _, _, i in candidates])
-        jobs = deque(_Job(a, r, i, states.get(i.id, SourceState(None, None)))
-                     for a, r, i in candidates)
+        candidates = self._candidates(agents, config, summary)
+        states = await self.store.source_states([i.id for _, _, _, i in candidates])
+        jobs = deque(_Job(a, r, c, i, states.get(i.id, SourceState(None, None)))
+                     for a, r, c, i in candidates)
         # At most `source_concurrency` integrations are being fetched or waiting to be
         # sifted; the next fetch starts as soon as any one is taken, so a slow store holds
         # one slot, not the others.
@@ -277,7 +318,12 @@ class Poller:
                 out -= 1
                 if job.fetched is None:
                     continue
-                held += self._sift(job, config, now, summary)
+                try:
+                    held += self._sift(job, config, now, summary)
+                except Exception as exc:  # a bug costs this integration, not the batch
+                    self._failed(summary, job.integration.platform, job.agent,
+                                 job.integration.id, exc, unexpected=True)
+                    continue
                 group.append(job)
                 if held >= CART_BATCH:
                     await write(group, [])
@@ -292,19 +338,19 @@ class Poller:
     @staticmethod
     def _sift(job: _Job, config: Config, now: datetime, summary: CycleSummary) -> int:
         """Keep the job's abandoned (and completed) carts, drop the rest; returns how many
-        carts it still holds."""
+        carts it still holds. Counts the integration once its carts are sifted."""
         assert job.fetched is not None
-        platform = job.integration.platform
-        summary.integrations_processed += 1
-        summary.platforms.add(platform)
-        summary.polls[(platform, "ok")] += 1
         fetched, job.fetched = job.fetched, None
         carts, job.mock_epoch, job.resume = fetched.carts, fetched.mock_epoch, fetched.resume
         job.through, job.read_at = fetched.through, fetched.read_at
         job.keep = [c for c in carts if job.rules.keeps(c, now)]
-        summary.carts_found += len(job.keep)
         if config.carts.send_recovered:
             job.completed = [c for c in carts if c.completed_at is not None]
+        platform = job.integration.platform
+        summary.integrations_processed += 1
+        summary.platforms.add(platform)
+        summary.polls[(platform, "ok")] += 1
+        summary.carts_found += len(job.keep)
         return len(job.keep) + len(job.completed)
 
     def _enqueued(self, enqueued: list[NewDelivery], summary: CycleSummary) -> list[str]:
@@ -352,9 +398,15 @@ class Poller:
         except IntegrationError as exc:
             self._failed(summary, job.integration.platform, job.agent, job.integration.id, exc)
             return
-        if job.fetched.malformed:
+        except Exception as exc:  # a bug, or input no check foresaw: this integration only
+            self._failed(summary, job.integration.platform, job.agent, job.integration.id, exc,
+                         unexpected=True)
+            return
+        malformed = job.fetched.malformed
+        if malformed:
             log.warning("malformed_records_skipped", integration_id=str(job.integration.id),
-                        platform=job.integration.platform, count=job.fetched.malformed)
+                        platform=job.integration.platform, count=malformed.total(),
+                        reasons=dict(malformed))
         if job.fetched.stopped:
             log.info("store_read_continues_next_cycle", integration_id=str(job.integration.id),
                      platform=job.integration.platform, carts=len(job.fetched.carts),
@@ -368,13 +420,44 @@ class Poller:
             return job.state.cursor
         return min(job.through, job.read_at - job.rules.abandoned_after)
 
+    def _candidates(self, agents: list[Any], config: Config, summary: CycleSummary
+                    ) -> list[tuple[Any, Rules, AgentCard, Integration]]:
+        """The integrations of `agents` to fetch, with their agent's rules and card; a
+        bad agent or integration fails alone, an integration taken before is skipped."""
+        candidates = []
+        for agent in agents:
+            try:
+                rules, card = agent_rules(agent.settings, config), agent_card(agent)
+            except Exception as exc:  # ValueError names the bad value; others are bugs
+                summary.integration_errors += len(agent.integrations)
+                log.log(logging.WARNING if isinstance(exc, ValueError) else logging.ERROR,
+                        "agent_skipped", agent_id=str(agent.id), error=_one_line(exc),
+                        exc_info=not isinstance(exc, ValueError))
+                continue
+            for row in agent.integrations:
+                try:
+                    integration = Integration.from_row(row, config)
+                except IntegrationError as exc:
+                    self._failed(summary, row.get("platform"), agent, row.get("id"), exc)
+                    continue
+                if integration.id in summary.taken:
+                    log.warning("integration_listed_twice", agent_id=str(agent.id),
+                                integration_id=str(integration.id))
+                    continue
+                summary.taken.add(integration.id)
+                candidates.append((agent, rules, card, integration))
+        return candidates
+
     @staticmethod
     def _failed(summary: CycleSummary, platform: Any, agent: Any, integration_id: Any,
-                exc: Exception) -> None:
+                exc: Exception, *, unexpected: bool = False) -> None:
+        """Count and log a failed integration; an `unexpected` exception (not an
+        IntegrationError) is logged at error level with its traceback."""
         summary.integration_errors += 1
         summary.polls[(str(platform), "error")] += 1
-        log.warning("integration_failed", agent_id=str(agent.id), platform=str(platform),
-                    integration_id=str(integration_id), error=str(exc))
+        log.log(logging.ERROR if unexpected else logging.WARNING, "integration_failed",
+                agent_id=str(agent.id), platform=str(platform)[:40],
+                integration_id=str(integration_id), error=_one_line(exc), exc_info=unexpected)
 
     @staticmethod
     def _count(summary: CycleSummary, job: _Job, fresh: list[Cart], back: list[Cart]) -> None:
@@ -397,8 +480,6 @@ class Poller:
         if not carts:
             return []
         agent, integration = job.agent, job.integration
-        agent_info = {"id": str(agent.id), "name": agent.name, "company": agent.company["name"],
-                      "company_id": agent.company["id"], "template_slug": agent.template_slug}
         integration_info = {"id": str(integration.id), "platform": integration.platform,
                             "mode": integration.mode}
         by_currency: dict[str, list[Cart]] = defaultdict(list)
@@ -413,8 +494,8 @@ class Poller:
                     id=payload.new_webhook_id(), type=event, agent_id=agent.id,
                     integration_id=integration.id, platform=integration.platform,
                     url=job.rules.url, carts=len(chunk),
-                    body=payload.build(event=event, now=now, agent=agent_info,
-                                       company=agent.company, integration=integration_info,
+                    body=payload.build(event=event, now=now, agent=job.card.agent,
+                                       company=job.card.company, integration=integration_info,
                                        carts=chunk),
                     status="dead" if job.rules.url_error else "pending",
                     last_error=job.rules.url_error,

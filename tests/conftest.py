@@ -11,8 +11,21 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, settings
 
 from cartd.store import Store
+
+# Property tests (tests/test_fuzz.py): the CI profile runs by default; the long one by
+# hand, with HYPOTHESIS_PROFILE=fuzz or `-m fuzz` (README "Reliability").
+settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=20_000, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    wanted = "fuzz" if config.option.markexpr == "fuzz" else "ci"
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", wanted))
 
 
 @pytest.fixture(scope="session")

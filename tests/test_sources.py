@@ -207,7 +207,9 @@ def test_graphql_guest_checkout() -> None:
     assert cart.customer.email is None and not cart.has_contact
 
 
-def test_graphql_jpy_is_rounded_to_whole_yen() -> None:
+def test_graphql_jpy_is_rounded_once_to_whole_yen() -> None:
+    """Each amount is rounded where it enters (half to even); the line total is then the
+    unit price as written times the quantity."""
     node = graphql_node(totalPriceSet={"shopMoney": {"amount": "1000.5", "currencyCode": "JPY"}})
     line = node["lineItems"]["nodes"][0]
     line["originalUnitPriceSet"]["shopMoney"] = {"amount": "333.5", "currencyCode": "JPY"}
@@ -215,7 +217,7 @@ def test_graphql_jpy_is_rounded_to_whole_yen() -> None:
     payload = cart.to_payload()
     assert payload["total_value"] == Decimal("1000")
     assert payload["items"][0]["unit_price"] == Decimal("334")
-    assert payload["items"][0]["line_total"] == Decimal("1000")
+    assert payload["items"][0]["line_total"] == Decimal("1002")
 
 
 def test_graphql_mixed_currency_is_malformed() -> None:
@@ -272,11 +274,14 @@ def test_woo_documented_shape() -> None:
 
 
 def test_woo_unit_price_falls_back_to_price_via_str() -> None:
+    """A price with more digits than the currency's is rounded once; the body's line
+    total is that price times the quantity, the order's total stays the stated one."""
     line = {"name": "Third", "product_id": 1, "quantity": 3, "subtotal": "10.00"}
     order = woo_order(line_items=[{**line, "price": 3.3333333333333335}], total="10.00")
     cart = woocommerce.normalise(order)
-    assert cart.items[0].unit_price == Decimal("3.3333333333333335")
-    assert cart.line_total(cart.items[0]) == Decimal("10.00")
+    assert cart.items[0].unit_price == Decimal("3.33")
+    assert cart.line_total(cart.items[0]) == Decimal("9.99")
+    assert cart.total_value == Decimal("10.00")
     cart = woocommerce.normalise(woo_order(line_items=[{**line, "quantity": 2, "price": 5.0}]))
     assert cart.items[0].unit_price == Decimal("5.00")
 
@@ -481,7 +486,7 @@ def carts(platform: str = "shopify", **kwargs: Any) -> list[Any]:
         kwargs.get("now", NOW),
         kwargs.get("mock", MOCK),
     )
-    assert malformed == 0
+    assert not malformed
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,25 +41,29 @@ class Integration:
         platform = row.get("platform")
         raw = row.get("config")
         if platform not in PLATFORMS:
-            raise IntegrationError(f"unknown platform {platform!r}")
+            raise IntegrationError(f"unknown platform {str(platform)[:40]!r}")
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
             raise IntegrationError("config must be a JSON object")
         mode = raw.get("mode", config.platforms.default_mode)
         if mode not in ("mock", "live"):
-            raise IntegrationError(f"config.mode must be mock or live, not {mode!r}")
-        return cls(UUID(str(row["id"])), platform, mode, raw)
+            raise IntegrationError(f"config.mode must be mock or live, not {str(mode)[:40]!r}")
+        try:
+            ident = row["id"] if isinstance(row["id"], UUID) else UUID(str(row["id"]))
+        except ValueError:
+            raise IntegrationError("id is not a UUID") from None
+        return cls(ident, platform, mode, raw)
 
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """An integration's carts and how far its store was read (see `Read`): the cursor may
-    move up to `through` (None: it stays), less what was not yet idle at `read_at`;
-    `resume` is kept with it for a read that stopped inside a window."""
+    """An integration's carts, one per cart id, and how far its store was read (see
+    `Read`): the cursor may move up to `through` (None: it stays), less what was not yet
+    idle at `read_at`; `resume` is kept with it for a read that stopped inside a window."""
 
     carts: list[Cart]
-    malformed: int
+    malformed: Counter[str]  # records skipped, by reason
     mock_epoch: datetime | None
     through: datetime | None
     read_at: datetime

@@ -12,6 +12,7 @@ import hashlib
 import re
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import cache, lru_cache, partial
@@ -21,7 +22,7 @@ from faker import Faker
 
 from cartd.config import MockConfig
 from cartd.sources import custom, shopify, woocommerce
-from cartd.sources.model import Cart, MalformedRecord
+from cartd.sources.model import Cart, Gathered
 
 MAX_AGE = 8 * 86400  # carts idle longer than this are never generated
 _IDLE = (60, 1800)  # last activity: 1 to 30 minutes after creation
@@ -445,14 +446,10 @@ def mock_carts(
     since: datetime | None,
     now: datetime,
     mock: MockConfig,
-) -> tuple[list[Cart], int]:
-    """`mock_records` through the platform's normaliser: (carts, malformed record count)."""
+) -> tuple[list[Cart], Counter[str]]:
+    """`mock_records` through the platform's normaliser: the carts, and the malformed
+    records by reason."""
     render, normalise = _platform(platform)
-    carts: list[Cart] = []
-    malformed = 0
-    for record in _records(render, integration_id, epoch, since, now, mock):
-        try:
-            carts.append(normalise(record))
-        except MalformedRecord:
-            malformed += 1
-    return carts, malformed
+    gathered = Gathered()
+    gathered.gather(_records(render, integration_id, epoch, since, now, mock), normalise)
+    return gathered.carts, gathered.malformed

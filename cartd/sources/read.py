@@ -9,13 +9,14 @@ read in an order that is not by time); the next cycle goes on from there (README
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cartd.sources.http import check_url
-from cartd.sources.model import Cart, IntegrationError, MalformedRecord
+from cartd.sources.model import Cart, Gathered, IntegrationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,38 +31,27 @@ class Read:
     """
 
     carts: list[Cart]
-    malformed: int
+    malformed: Counter[str]  # records skipped, by reason
     through: datetime | None
     read_at: datetime
     resume: dict[str, Any] | None = None
     stopped: str | None = None
 
 
-class Batch:
-    """Records normalised into carts, one per cart id (the latest version of a record
-    listed twice); malformed ones are counted, not fatal."""
+class Batch(Gathered):
+    """The pages' records normalised into carts, one per cart id (`Gathered`); malformed
+    ones are counted by reason, not fatal."""
+
+    __slots__ = ("normalise",)
 
     def __init__(self, normalise: Callable[[Any], Cart]) -> None:
+        super().__init__()
         self.normalise = normalise
-        self.by_id: dict[str, Cart] = {}
-        self.malformed = 0
 
     def add(self, records: Any, what: str) -> None:
         if not isinstance(records, list):
             raise IntegrationError(f"malformed response: {what} is not a list")
-        for record in records:
-            try:
-                cart = self.normalise(record)
-            except MalformedRecord:
-                self.malformed += 1
-                continue
-            known = self.by_id.get(cart.cart_id)
-            if known is None or known.last_activity <= cart.last_activity:
-                self.by_id[cart.cart_id] = cart
-
-    @property
-    def carts(self) -> list[Cart]:
-        return list(self.by_id.values())
+        self.gather(records, self.normalise)
 
 
 def option(settings: dict[str, Any], key: str, default: str | None = None) -> str:

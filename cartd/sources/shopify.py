@@ -16,25 +16,26 @@ from cartd.sources.custom import (
     optional_time,
     quantity,
     text,
+    url,
 )
 from cartd.sources.model import Cart, Customer, Item, MalformedRecord, money, timestamp
 
 
-def _gid(value: Any) -> str | None:
+def _gid(value: Any, what: str) -> str | None:
     """The plain id of `gid://shopify/Type/123` (REST already sends the plain id)."""
-    ident = identifier(value)
+    ident = identifier(value, what)
     if ident is None:
         return None
     return ident.rsplit("/", 1)[-1] or None
 
 
-def _node_gid(value: Any) -> str | None:
+def _node_gid(value: Any, what: str) -> str | None:
     """The plain id of a `{id}` reference such as `variant{id}`, or None when it is null."""
-    return None if value is None else _gid(mapping(value, "reference").get("id"))
+    return None if value is None else _gid(mapping(value, what).get("id"), what)
 
 
 def _cart_id(value: Any) -> str:
-    ident = _gid(value)
+    ident = _gid(value, "checkout id")
     if ident is None:
         raise MalformedRecord("checkout id is missing")
     return ident
@@ -47,11 +48,11 @@ UNTITLED = "Untitled item"
 
 def _title(name: Any, variant: Any, sku: Any) -> str:
     """`Product - Variant`; a null title falls back to the variant title, then the SKU."""
-    product, variant_title = text(name), text(variant)
+    product, variant_title = text(name, "item title"), text(variant, "variant title")
     if variant_title == "Default Title":
         variant_title = None
     if product is None:
-        return variant_title or text(sku) or UNTITLED
+        return variant_title or text(sku, "sku") or UNTITLED
     return product if variant_title is None else f"{product} - {variant_title}"
 
 
@@ -68,11 +69,11 @@ def _graphql_customer(value: Any) -> Customer:
     email = _part(raw.get("defaultEmailAddress"), "defaultEmailAddress")
     phone = _part(raw.get("defaultPhoneNumber"), "defaultPhoneNumber")
     return Customer(  # positional: twice as fast as keywords
-        _gid(raw.get("id")),  # id
-        text(email.get("emailAddress")),  # email
-        text(raw.get("firstName")),  # first_name
-        text(raw.get("lastName")),  # last_name
-        text(phone.get("phoneNumber")),  # phone
+        _gid(raw.get("id"), "customer id"),  # id
+        text(email.get("emailAddress"), "email"),  # email
+        text(raw.get("firstName"), "first name"),  # first_name
+        text(raw.get("lastName"), "last name"),  # last_name
+        text(phone.get("phoneNumber"), "phone"),  # phone
         email.get("marketingState") == "SUBSCRIBED",  # accepts_marketing
     )
 
@@ -82,11 +83,11 @@ def _rest_customer(value: Any, checkout: dict[str, Any]) -> Customer:
     customer carries no consent, `buyer_accepts_marketing` is the buyer's choice."""
     raw = _part(value, "customer")
     return Customer(  # positional: twice as fast as keywords
-        _gid(raw.get("id")),  # id
-        text(raw.get("email")) or text(checkout.get("email")),  # email
-        text(raw.get("first_name")),  # first_name
-        text(raw.get("last_name")),  # last_name
-        text(raw.get("phone")) or text(checkout.get("phone")),  # phone
+        _gid(raw.get("id"), "customer id"),  # id
+        text(raw.get("email"), "email") or text(checkout.get("email"), "email"),  # email
+        text(raw.get("first_name"), "first name"),  # first_name
+        text(raw.get("last_name"), "last name"),  # last_name
+        text(raw.get("phone"), "phone") or text(checkout.get("phone"), "phone"),  # phone
         checkout.get("buyer_accepts_marketing") is True,  # accepts_marketing
     )
 
@@ -102,12 +103,12 @@ def _graphql_item(value: Any, cart_currency: str) -> Item:
     if code is not None and code != cart_currency and currency(code) != cart_currency:
         raise MalformedRecord("line currency differs from the cart currency")
     return Item(  # positional: twice as fast as keywords
-        _node_gid(line.get("product")),  # product_id
-        _node_gid(line.get("variant")),  # variant_id
-        text(line.get("sku")),  # sku
+        _node_gid(line.get("product"), "product"),  # product_id
+        _node_gid(line.get("variant"), "variant"),  # variant_id
+        text(line.get("sku"), "sku"),  # sku
         _title(line.get("title"), line.get("variantTitle"), line.get("sku")),  # title
         quantity(line.get("quantity")),  # quantity
-        money(price.get("amount"), "line price"),  # unit_price
+        money(price.get("amount"), "line price", cart_currency),  # unit_price
     )
 
 
@@ -128,21 +129,21 @@ def normalise_graphql(node: Any) -> Cart:
         currency=cart_currency,
         created_at=created_at,
         last_activity=created_at if updated is None else timestamp(updated, "updatedAt"),
-        recovery_url=text(raw.get("abandonedCheckoutUrl")),
-        stated_total=money(total.get("amount"), "totalPriceSet"),
+        recovery_url=url(raw.get("abandonedCheckoutUrl"), "abandonedCheckoutUrl"),
+        stated_total=money(total.get("amount"), "totalPriceSet", cart_currency),
         completed_at=optional_time(raw.get("completedAt"), "completedAt"),
     )
 
 
-def _rest_item(value: Any) -> Item:
+def _rest_item(value: Any, code: str) -> Item:
     line = mapping(value, "line item")
     return Item(  # positional: twice as fast as keywords
-        identifier(line.get("product_id")),  # product_id
-        identifier(line.get("variant_id")),  # variant_id
-        text(line.get("sku")),  # sku
+        identifier(line.get("product_id"), "product_id"),  # product_id
+        identifier(line.get("variant_id"), "variant_id"),  # variant_id
+        text(line.get("sku"), "sku"),  # sku
         _title(line.get("title"), line.get("variant_title"), line.get("sku")),  # title
         quantity(line.get("quantity")),  # quantity
-        money(line.get("price"), "line price"),  # unit_price
+        money(line.get("price"), "line price", code),  # unit_price
     )
 
 
@@ -153,15 +154,16 @@ def normalise_rest(checkout: Any) -> Cart:
     created_at = timestamp(raw.get("created_at"), "created_at")
     updated = raw.get("updated_at")
     total = raw.get("total_price")
+    code = currency(raw.get("currency") or raw.get("presentment_currency"))
     return Cart(
         cart_id=cart_id,
         customer=_rest_customer(raw.get("customer"), raw),
-        items=tuple(map(_rest_item, line_items(raw.get("line_items")))),
-        currency=currency(raw.get("currency") or raw.get("presentment_currency")),
+        items=tuple([_rest_item(line, code) for line in line_items(raw.get("line_items"))]),
+        currency=code,
         created_at=created_at,
         last_activity=created_at if updated is None else timestamp(updated, "updated_at"),
-        recovery_url=text(raw.get("abandoned_checkout_url")),
-        stated_total=None if total is None else money(total, "total_price"),
+        recovery_url=url(raw.get("abandoned_checkout_url"), "abandoned_checkout_url"),
+        stated_total=None if total is None else money(total, "total_price", code),
         completed_at=optional_time(raw.get("completed_at"), "completed_at"),
-        order_id=identifier(raw.get("order_id")),
+        order_id=identifier(raw.get("order_id"), "order_id"),
     )

@@ -17,41 +17,43 @@ from cartd.sources.custom import (
     required_id,
     text,
     title,
+    url,
 )
-from cartd.sources.model import Cart, Customer, Item, money, timestamp
+from cartd.sources.model import Cart, Customer, Item, amount, money, quantize, timestamp
 
 # Statuses of an order that was placed (paid, or awaiting a bank transfer, cheque or cash
 # on delivery as `on-hold`): its cart is recovered, not abandoned. `placed_statuses`.
 PLACED_STATUSES = ("processing", "completed", "on-hold")
 
 
-def _unit_price(line: dict[str, Any], count: int) -> Decimal:
-    """`subtotal / quantity` when that division is exact, else the line's float `price` via str."""
+def _unit_price(line: dict[str, Any], count: int, code: str) -> Decimal:
+    """`subtotal / quantity` when that division is exact, else the line's float `price` via
+    str; rounded once to the minor unit of `code`."""
     subtotal = line.get("subtotal")
     if subtotal is not None:
-        amount = money(subtotal, "line subtotal")
-        unit = amount / count
-        if unit * count == amount or line.get("price") is None:
-            return unit
-    return money(line.get("price"), "line price")
+        whole = amount(subtotal, "line subtotal")
+        unit = whole / count
+        if unit * count == whole or line.get("price") is None:
+            return quantize(unit, code)
+    return money(line.get("price"), "line price", code)
 
 
-def _item(value: Any) -> Item:
+def _item(value: Any, code: str) -> Item:
     line = mapping(value, "line item")
     count = quantity(line.get("quantity"))
     return Item(  # positional: twice as fast as keywords
-        _ref(line.get("product_id")),  # product_id
-        _ref(line.get("variation_id")),  # variant_id
-        text(line.get("sku")),  # sku
+        _ref(line.get("product_id"), "product_id"),  # product_id
+        _ref(line.get("variation_id"), "variation_id"),  # variant_id
+        text(line.get("sku"), "sku"),  # sku
         title(_unescape(line.get("name"))),  # title
         count,  # quantity
-        _unit_price(line, count),  # unit_price
+        _unit_price(line, count, code),  # unit_price
     )
 
 
-def _ref(value: Any) -> str | None:
+def _ref(value: Any, what: str) -> str | None:
     """An id, where WooCommerce's 0 means none (guest customer, simple product)."""
-    ident = identifier(value)
+    ident = identifier(value, what)
     return None if ident == "0" else ident
 
 
@@ -74,11 +76,11 @@ def _customer(order: dict[str, Any], consent_key: str | None) -> Customer:
     billing = order.get("billing")
     raw = {} if billing is None else mapping(billing, "billing")
     return Customer(  # positional: twice as fast as keywords
-        _ref(order.get("customer_id")),  # id
-        text(raw.get("email")),  # email
-        text(_unescape(raw.get("first_name"))),  # first_name
-        text(_unescape(raw.get("last_name"))),  # last_name
-        text(raw.get("phone")),  # phone
+        _ref(order.get("customer_id"), "customer_id"),  # id
+        text(raw.get("email"), "billing email"),  # email
+        text(_unescape(raw.get("first_name")), "billing first_name"),  # first_name
+        text(_unescape(raw.get("last_name")), "billing last_name"),  # last_name
+        text(raw.get("phone"), "billing phone"),  # phone
         _accepts_marketing(order.get("meta_data"), consent_key),  # accepts_marketing
     )
 
@@ -98,17 +100,19 @@ def normalise(order: Any, placed: frozenset[str] | tuple[str, ...] = PLACED_STAT
     created_at = timestamp(raw.get("date_created_gmt"), "date_created_gmt")
     modified = raw.get("date_modified_gmt")
     last_activity = created_at if modified is None else timestamp(modified, "date_modified_gmt")
-    completed = raw.get("status") in placed
+    status = raw.get("status")
+    completed = isinstance(status, str) and status in placed
     total = raw.get("total")
+    code = currency(raw.get("currency"))
     return Cart(
         cart_id=cart_id,
         customer=_customer(raw, consent_key),
-        items=tuple(map(_item, line_items(raw.get("line_items")))),
-        currency=currency(raw.get("currency")),
+        items=tuple([_item(line, code) for line in line_items(raw.get("line_items"))]),
+        currency=code,
         created_at=created_at,
         last_activity=last_activity,
-        recovery_url=text(raw.get("payment_url")),
-        stated_total=None if total is None else money(total, "total"),
+        recovery_url=url(raw.get("payment_url"), "payment_url"),
+        stated_total=None if total is None else money(total, "total", code),
         completed_at=_completed_at(raw, last_activity) if completed else None,
-        order_id=(identifier(raw.get("number")) or cart_id) if completed else None,
+        order_id=(identifier(raw.get("number"), "number") or cart_id) if completed else None,
     )
