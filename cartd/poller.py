@@ -19,7 +19,7 @@ from cartd import payload
 from cartd.config import Config, parse_duration
 from cartd.sources import Fetched, Integration, IntegrationError, fetch
 from cartd.sources.model import Cart, iso
-from cartd.store import AgentWork, NewDelivery, SourceState, Store
+from cartd.store import AgentWork, NewDelivery, SourcePoll, SourceState, Store
 
 log = structlog.get_logger("cartd.poller")
 
@@ -74,15 +74,23 @@ class Rules:
     url: str | None
     url_error: str | None
 
-    def keeps(self, cart: Cart, now: datetime) -> bool:
+    def drop_reason(self, cart: Cart, now: datetime) -> str | None:
+        """Why the cart is not an abandoned one to deliver (README "How it works"), or None
+        when it is."""
+        if cart.completed_at is not None:
+            return "completed"
         idle = now - cart.last_activity
-        return (
-            cart.completed_at is None
-            and self.abandoned_after <= idle <= self.max_age
-            and cart.total_value >= self.min_value
-            and (cart.has_contact or not self.require_contact)
-            and (cart.customer.accepts_marketing or not self.require_marketing_consent)
-        )
+        if idle < self.abandoned_after:
+            return "too recent"
+        if idle > self.max_age:
+            return "too old"
+        if cart.total_value < self.min_value:
+            return "too cheap"
+        if self.require_contact and not cart.has_contact:
+            return "no contact"
+        if self.require_marketing_consent and not cart.customer.accepts_marketing:
+            return "no consent"
+        return None
 
 
 def agent_rules(settings: Any, config: Config) -> Rules:
@@ -124,7 +132,7 @@ def agent_rules(settings: Any, config: Config) -> Rules:
 
 
 @dataclass
-class _Job:
+class Job:
     """One integration of one claimed agent, through the cycle."""
 
     agent: Any
@@ -135,6 +143,52 @@ class _Job:
     mock_epoch: datetime | None = None
     keep: list[Cart] = field(default_factory=list)
     completed: list[Cart] = field(default_factory=list)
+
+
+async def fetch_job(job: Job, config: Config, now: datetime) -> IntegrationError | None:
+    """Fetch a job's carts from its cursor into `job.fetched`; the error when it failed."""
+    since = job.state.cursor - CURSOR_OVERLAP if job.state.cursor else None
+    try:
+        job.fetched = await fetch(job.integration, config=config, since=since,
+                                  mock_epoch=job.state.mock_epoch, now=now)
+    except IntegrationError as exc:
+        return exc
+    if job.fetched.malformed:
+        log.warning("malformed_records_skipped", integration_id=str(job.integration.id),
+                    platform=job.integration.platform, count=job.fetched.malformed)
+    return None
+
+
+async def plan(store: Store, agents: list[Any], config: Config
+               ) -> tuple[list[Job], list[SourcePoll]]:
+    """The jobs of these agents' integrations (with their cursors), and the failed polls
+    of those that cannot even be fetched (bad agent settings, bad integration config)."""
+    candidates: list[tuple[Any, Rules, Integration]] = []
+    unpolled: list[SourcePoll] = []
+    for agent in agents:
+        try:
+            rules = agent_rules(agent.settings, config)
+        except ValueError as exc:
+            unpolled += [_failure(agent, row, f"agent settings: {exc}")
+                         for row in agent.integrations]
+            continue
+        for row in agent.integrations:
+            try:
+                candidates.append((agent, rules, Integration.from_row(row, config)))
+            except IntegrationError as exc:
+                unpolled.append(_failure(agent, row, str(exc)))
+    states = await store.source_states([i.id for _, _, i in candidates])
+    jobs = [Job(a, r, i, states.get(i.id, SourceState(None, None))) for a, r, i in candidates]
+    return jobs, unpolled
+
+
+def _failure(agent: Any, integration: Any, error: str) -> SourcePoll:
+    """The failed poll of an integration (a row of the claim, or an Integration)."""
+    if isinstance(integration, Integration):
+        return SourcePoll(integration.id, agent.id, integration.platform, integration.mode,
+                          error=error[:500])
+    return SourcePoll(uuid.UUID(str(integration["id"])), agent.id,
+                      str(integration.get("platform")), None, error=error[:500])
 
 
 class Poller:
@@ -224,43 +278,42 @@ class Poller:
         `writing` while the next groups are fetched, WRITERS at most; the batch's last one
         releases the agents. Returns the ids of the deliveries whose transaction ended."""
         summary.agents_found += len(agents)
-        candidates: list[tuple[Any, Rules, Integration]] = []
-        for agent in agents:
-            try:
-                rules = agent_rules(agent.settings, config)
-            except ValueError as exc:
-                summary.integration_errors += len(agent.integrations)
-                log.warning("agent_skipped", agent_id=str(agent.id), error=str(exc))
-                continue
-            for row in agent.integrations:
-                try:
-                    candidates.append((agent, rules, Integration.from_row(row, config)))
-                except IntegrationError as exc:
-                    self._failed(summary, row.get("platform"), agent, row.get("id"), exc)
-        states = await self.store.source_states([i.id for _, _, i in candidates])
-        jobs = deque(_Job(a, r, i, states.get(i.id, SourceState(None, None)))
-                     for a, r, i in candidates)
+        planned, unpolled = await plan(self.store, agents, config)
+        jobs = deque(planned)
+        failures: list[SourcePoll] = []  # recorded with the next group, for their health
+        for failure in unpolled:
+            self._failed(summary, failure.platform, failure.agent_id, failure.integration_id,
+                         failure.error)
+            failures.append(failure)
         # At most `source_concurrency` integrations are being fetched or waiting to be
         # sifted; the next fetch starts as soon as any one is taken, so a slow store holds
         # one slot, not the others.
         ahead = config.polling.source_concurrency
-        fetched: asyncio.Queue[_Job] = asyncio.Queue()
+        fetched: asyncio.Queue[Job] = asyncio.Queue()
         fetching: set[asyncio.Task[None]] = set()
         delivery_ids: list[str] = []
-        group: list[_Job] = []
+        group: list[Job] = []
         held = 0
 
-        async def fetch_one(job: _Job) -> None:
+        async def fetch_one(job: Job) -> None:
             try:
-                await self._fetch(job, config, now, summary)
+                error = await fetch_job(job, config, now)
+                if error is not None:
+                    failure = _failure(job.agent, job.integration, str(error))
+                    self._failed(summary, failure.platform, failure.agent_id,
+                                 failure.integration_id, failure.error)
+                    failures.append(failure)
             finally:
                 fetched.put_nowait(job)
 
-        async def write(jobs: list[_Job], release: list[Any]) -> None:
+        async def write(jobs: list[Job], release: list[Any]) -> None:
             while len(writing) >= WRITERS:
                 delivery_ids.extend(self._enqueued(await writing[0], summary))
                 writing.popleft()
-            writing.append(asyncio.create_task(self._record(jobs, release, config, now, summary)))
+            failed = failures[:]
+            failures.clear()
+            writing.append(asyncio.create_task(
+                self._record(jobs, release, failed, config, now, summary)))
 
         out = 0  # fetches started and not yet taken from the queue
         try:
@@ -287,7 +340,7 @@ class Poller:
         return delivery_ids
 
     @staticmethod
-    def _sift(job: _Job, config: Config, now: datetime, summary: CycleSummary) -> int:
+    def _sift(job: Job, config: Config, now: datetime, summary: CycleSummary) -> int:
         """Keep the job's abandoned (and completed) carts, drop the rest; returns how many
         carts it still holds."""
         assert job.fetched is not None
@@ -296,7 +349,8 @@ class Poller:
         summary.platforms.add(platform)
         summary.polls[(platform, "ok")] += 1
         carts, job.mock_epoch, job.fetched = job.fetched.carts, job.fetched.mock_epoch, None
-        job.keep = [c for c in carts if job.rules.keeps(c, now)]
+        drop_reason = job.rules.drop_reason
+        job.keep = [c for c in carts if drop_reason(c, now) is None]
         summary.carts_found += len(job.keep)
         if config.carts.send_recovered:
             job.completed = [c for c in carts if c.completed_at is not None]
@@ -308,12 +362,13 @@ class Poller:
         self.on_enqueued(enqueued)
         return ids
 
-    async def _record(self, done: list[_Job], agents: list[Any], config: Config,
-                      now: datetime, summary: CycleSummary) -> list[NewDelivery]:
-        """One transaction: the jobs' new carts, recoveries, deliveries and cursors, and the
-        release of `agents`' claims."""
+    async def _record(self, done: list[Job], agents: list[Any], failures: list[SourcePoll],
+                      config: Config, now: datetime, summary: CycleSummary) -> list[NewDelivery]:
+        """One transaction: the jobs' new carts, recoveries, deliveries, cursors and health
+        (and the failures'), and the release of `agents`' claims."""
 
-        def build(new: dict[Any, set[str]], recovered: dict[Any, set[str]]) -> list[NewDelivery]:
+        def build(new: dict[Any, set[str]], recovered: dict[Any, set[str]],
+                  held: dict[Any, dict[str, set[str]]]) -> list[NewDelivery]:
             out: list[NewDelivery] = []
             nothing: set[str] = set()
             for job in done:
@@ -322,48 +377,44 @@ class Poller:
                 fresh = [c for c in job.keep if c.cart_id in got]
                 back = [c for c in job.completed if c.cart_id in back_ids]
                 self._count(summary, job, fresh, back)
-                out += self._deliveries(job, config, now, payload.DETECTED, fresh)
-                out += self._deliveries(job, config, now, payload.RECOVERED, back)
+                out += build_deliveries(job, config, now, payload.DETECTED, fresh)
+                out += build_deliveries(job, config, now, payload.RECOVERED, back)
+                for detected_id, waiting in held.get(iid, {}).items():
+                    out += build_deliveries(job, config, now, payload.RECOVERED,
+                                            [c for c in job.completed if c.cart_id in waiting],
+                                            hold_for=detected_id)
             return out
 
+        keys = await self.store.subject_keys()
+        email, customer = keys.email, keys.customer
         return await self.store.record(
             now=now,
-            detected=[(j.integration.id, c.cart_id) for j in done for c in j.keep],
+            detected=[(j.integration.id, c.cart_id, email(c.customer.email),
+                       customer(c.customer.id)) for j in done for c in j.keep],
             completed=[(j.integration.id, c.cart_id) for j in done for c in j.completed],
             build=build,
-            sources=[(j.integration.id, self._next_cursor(j, now), j.mock_epoch) for j in done],
+            sources=[SourcePoll(j.integration.id, j.agent.id, j.integration.platform,
+                                j.integration.mode, self._next_cursor(j, now), j.mock_epoch)
+                     for j in done] + failures,
             agents=agents,
             instance=self.instance_id,
         )
 
-    async def _fetch(self, job: _Job, config: Config, now: datetime,
-                     summary: CycleSummary) -> None:
-        since = job.state.cursor - CURSOR_OVERLAP if job.state.cursor else None
-        try:
-            job.fetched = await fetch(job.integration, config=config, since=since,
-                                      mock_epoch=job.state.mock_epoch, now=now)
-        except IntegrationError as exc:
-            self._failed(summary, job.integration.platform, job.agent, job.integration.id, exc)
-            return
-        if job.fetched.malformed:
-            log.warning("malformed_records_skipped", integration_id=str(job.integration.id),
-                        platform=job.integration.platform, count=job.fetched.malformed)
-
     @staticmethod
-    def _next_cursor(job: _Job, now: datetime) -> datetime:
+    def _next_cursor(job: Job, now: datetime) -> datetime:
         """Carts not yet idle long enough must be read again next time."""
         return now - job.rules.abandoned_after
 
     @staticmethod
-    def _failed(summary: CycleSummary, platform: Any, agent: Any, integration_id: Any,
-                exc: Exception) -> None:
+    def _failed(summary: CycleSummary, platform: str, agent_id: Any, integration_id: Any,
+                error: str | None) -> None:
         summary.integration_errors += 1
-        summary.polls[(str(platform), "error")] += 1
-        log.warning("integration_failed", agent_id=str(agent.id), platform=str(platform),
-                    integration_id=str(integration_id), error=str(exc))
+        summary.polls[(platform, "error")] += 1
+        log.warning("integration_failed", agent_id=str(agent_id), platform=platform,
+                    integration_id=str(integration_id), error=error)
 
     @staticmethod
-    def _count(summary: CycleSummary, job: _Job, fresh: list[Cart], back: list[Cart]) -> None:
+    def _count(summary: CycleSummary, job: Job, fresh: list[Cart], back: list[Cart]) -> None:
         platform = job.integration.platform
         summary.carts_new += len(fresh)
         summary.carts_recovered += len(back)
@@ -377,32 +428,34 @@ class Poller:
             key = (platform, cart.currency)
             summary.value_by[key] = summary.value_by.get(key, Decimal(0)) + value
 
-    @staticmethod
-    def _deliveries(job: _Job, config: Config, now: datetime, event: str,
-                    carts: list[Cart]) -> list[NewDelivery]:
-        if not carts:
-            return []
-        agent, integration = job.agent, job.integration
-        agent_info = {"id": str(agent.id), "name": agent.name, "company": agent.company["name"],
-                      "company_id": agent.company["id"], "template_slug": agent.template_slug}
-        integration_info = {"id": str(integration.id), "platform": integration.platform,
-                            "mode": integration.mode}
-        by_currency: dict[str, list[Cart]] = defaultdict(list)
-        for cart in carts:
-            by_currency[cart.currency].append(cart)
-        size = config.webhook.max_carts_per_payload
-        out = []
-        for group in by_currency.values():
-            for start in range(0, len(group), size):
-                chunk = group[start:start + size]
-                out.append(NewDelivery(
-                    id=payload.new_webhook_id(), type=event, agent_id=agent.id,
-                    integration_id=integration.id, platform=integration.platform,
-                    url=job.rules.url, carts=len(chunk),
-                    body=payload.build(event=event, now=now, agent=agent_info,
-                                       company=agent.company, integration=integration_info,
-                                       carts=chunk),
-                    status="dead" if job.rules.url_error else "pending",
-                    last_error=job.rules.url_error,
-                ))
-        return out
+
+def build_deliveries(job: Job, config: Config, now: datetime, event: str,
+                     carts: list[Cart], hold_for: str | None = None) -> list[NewDelivery]:
+    """The webhooks of `carts` for one job: one per currency, split at
+    `webhook.max_carts_per_payload`."""
+    if not carts:
+        return []
+    agent, integration = job.agent, job.integration
+    agent_info = {"id": str(agent.id), "name": agent.name, "company": agent.company["name"],
+                  "company_id": agent.company["id"], "template_slug": agent.template_slug}
+    integration_info = {"id": str(integration.id), "platform": integration.platform,
+                        "mode": integration.mode}
+    by_currency: dict[str, list[Cart]] = defaultdict(list)
+    for cart in carts:
+        by_currency[cart.currency].append(cart)
+    size = config.webhook.max_carts_per_payload
+    out = []
+    for group in by_currency.values():
+        for start in range(0, len(group), size):
+            chunk = group[start:start + size]
+            out.append(NewDelivery(
+                id=payload.new_webhook_id(), type=event, agent_id=agent.id,
+                integration_id=integration.id, platform=integration.platform,
+                url=job.rules.url, carts=len(chunk),
+                body=payload.build(event=event, now=now, agent=agent_info,
+                                   company=agent.company, integration=integration_info,
+                                   carts=chunk),
+                status="dead" if job.rules.url_error else "pending",
+                last_error=job.rules.url_error, hold_for=hold_for,
+            ))
+    return out

@@ -67,7 +67,15 @@ def bodies(receiver: Scripted) -> list[dict]:
 
 
 async def recorded(store: Store) -> set[tuple[str, str]]:
-    rows = await store.pool.fetch("SELECT integration_id, cart_id FROM cartd.sent_carts")
+    """The carts recorded for the receiver: those in the dedupe memory, less those that
+    completed while their delivery was pending and so left it (README "What the receiver
+    sees when a cart completes")."""
+    rows = await store.pool.fetch(
+        "SELECT s.integration_id, s.cart_id FROM cartd.sent_carts s"
+        " WHERE s.recovered_at IS NULL OR EXISTS (SELECT 1 FROM cartd.deliveries d,"
+        " jsonb_array_elements(convert_from(d.body, 'UTF8')::jsonb -> 'abandoned_carts') e"
+        " WHERE d.integration_id = s.integration_id AND d.type = 'abandoned_cart.detected'"
+        " AND d.status <> 'withdrawn' AND e ->> 'cart_id' = s.cart_id)")
     return {(str(r["integration_id"]), r["cart_id"]) for r in rows}
 
 
