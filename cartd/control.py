@@ -202,8 +202,12 @@ def _operator_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
             limit = parse_limit(request.query.get("limit"))
         except ValueError as exc:
             return error(str(exc))
-        return reply(await daemon.store.integrations(
-            slug=daemon.config().polling.template_slug, failing=failing == "true", limit=limit))
+        config = daemon.config()
+        rows = await daemon.store.integrations(
+            slug=config.polling.template_slug, failing=failing == "true", limit=limit)
+        for row in rows:  # never polled, no mode in its config: the default one
+            row["mode"] = row["mode"] or config.platforms.default_mode
+        return reply(rows)
 
     @routes.post("/subjects/forget")
     async def forget(request: web.Request) -> web.Response:
