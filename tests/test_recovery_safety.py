@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -216,3 +217,43 @@ async def _attempts_of(store: Store, delivery_id: str, n: int) -> bool:
 
 async def _status_of(store: Store, delivery_id: str, status: str) -> bool:
     return (await deliveries(store))[delivery_id]["status"] == status
+
+
+async def test_a_replay_leaves_out_carts_that_completed_and_a_purged_dead_delivery_silences_its_carts(
+        store):
+    clock = Clock()
+    async with shops() as shop, scripted_receiver() as receiver:
+        receiver.default = (422, {}, 0.0)  # rejected: dead at once
+        cfg = config(webhook={"url": receiver.url})
+        shop.carts["s"] = [cart("c1", now=clock.now), cart("c2", now=clock.now)]
+        await shop.agent(store, "s")
+        poller = Poller(store, lambda: cfg, instance_id="p", clock=clock)
+        deliverer = Deliverer(store, lambda: cfg, instance_id="d", clock=clock)
+        task = asyncio.create_task(deliverer.run())
+        try:
+            [dead] = (await poller.run_cycle(force=True))[1]
+            await wait_until(lambda: _status_of(store, dead, "dead"))
+            complete(shop.carts["s"][0])
+            clock.advance(seconds=1)
+            summary, made = await poller.run_cycle(force=True)
+            assert made == [] and summary.carts_recovered == 0  # c1 never reached anyone
+            receiver.default = (200, {}, 0.0)
+            assert await store.replay(dead, clock()) == "dead"
+            await outbox.refresh(store, clock())
+            deliverer.wake()
+            await wait_until(lambda: _status_of(store, dead, "delivered"))
+        finally:
+            deliverer.stop()
+            await asyncio.wait_for(task, 10)
+    _, last = bodies(receiver)[-1]
+    assert [c["cart_id"] for c in last["abandoned_carts"]] == ["c2"]
+    assert last["recovery_analytics"]["total_carts"] == 1
+    # retention: the carts' memory stays while a delivery holds them; a purged dead
+    # delivery silences its carts, so none of them gets a recovered event later
+    day = timedelta(days=1)
+    assert await store.purge(payloads_before=clock() - day, carts_before=clock() + day) == (0, 0)
+    await store.pool.execute("UPDATE cartd.deliveries SET status = 'dead'")
+    assert await store.purge(payloads_before=clock() + day, carts_before=clock() - day) == (1, 0)
+    silenced = await store.pool.fetch("SELECT cart_id FROM cartd.sent_carts WHERE silenced")
+    assert [r["cart_id"] for r in silenced] == ["c2"]
+    assert await store.purge(payloads_before=clock() + day, carts_before=clock() + day) == (0, 2)

@@ -313,6 +313,8 @@ async def test_kill_9_mid_cycle_then_restart_delivers_every_cart_once(store, dsn
             await d2.start()
             # the dead instance's claims come back after their lease
             await wait_until(lambda: _carts_of(receiver2, received) >= 20, timeout=120)
+            await wait_until(lambda: _none_pending(store), timeout=30)  # the mock agents' too
+            _carts_of(receiver2, received)
             assert await d2.terminate() == 0
     finally:
         await runner.cleanup()
