@@ -57,23 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     receiver = commands.add_parser("receiver", parents=[common], help="a webhook receiver that verifies signatures")
     receiver.add_argument("--listen", default="127.0.0.1:8787", type=_host_port)
     receiver.add_argument("--secret", default=None, help="whsec_... (default: webhook.secret)")
-    ctl = commands.add_parser("ctl", parents=[common], help="talk to a running daemon")
-    ctl.add_argument("--socket", default=None, help="control socket (default: control.socket)")
-    actions = ctl.add_subparsers(dest="action", required=True, parser_class=_Parser,
-                                 metavar="CMD")
-    actions.add_parser("status", help="the daemon's state")
-    start = actions.add_parser("start", help="enable polling")
-    start.add_argument("--interval", type=_interval, default=None, help="seconds between cycles")
-    actions.add_parser("stop", help="disable polling")
-    actions.add_parser("run-once", help="poll every matching agent now")
-    actions.add_parser("reload", help="reload the config file")
-    deliveries = actions.add_parser("deliveries", help="list deliveries, newest first")
-    deliveries.add_argument("--status", choices=("pending", "delivered", "dead"))
-    deliveries.add_argument("--limit", type=_positive_int, default=50)
-    replay = actions.add_parser("replay", help="replay one delivery, or all dead ones")
-    replay.add_argument("id", nargs="?", help="the delivery (webhook) id")
-    replay.add_argument("--status", choices=("dead",), help="replay every dead delivery")
-    replay.add_argument("--since", default=None, help="only those created since this ISO time")
+    _ctl_parser(commands.add_parser("ctl", parents=[common], help="talk to a running daemon"))
     demo = commands.add_parser("demo", parents=[common], help="the whole system on one machine")
     demo.add_argument("--agents", type=_positive_int, default=12)
     demo.add_argument("--cycles", type=_positive_int, default=None,
@@ -82,6 +66,44 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--state-dir", default=None,
                       help="keep the embedded database here (default: a temporary directory)")
     return parser
+
+
+def _ctl_parser(ctl: argparse.ArgumentParser) -> None:
+    """`cartd ctl` and its commands; `--json` goes before or after the command."""
+    ctl.add_argument("--socket", default=None, help="control socket (default: control.socket)")
+    json_help = "print the JSON answer (the default when stdout is not a terminal)"
+    ctl.add_argument("--json", action="store_true", help=json_help)
+    output = _Parser(add_help=False)
+    output.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
+    actions = ctl.add_subparsers(dest="action", required=True, parser_class=_Parser,
+                                 metavar="CMD")
+
+    def action(name: str, what: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, parents=[output], help=what)
+
+    action("status", "the daemon's state")
+    start = action("start", "enable polling")
+    start.add_argument("--interval", type=_interval, default=None, help="seconds between cycles")
+    action("stop", "disable polling")
+    action("run-once", "poll every matching agent now")
+    action("reload", "reload the config file")
+    deliveries = action("deliveries", "list deliveries, newest first")
+    deliveries.add_argument("--status", choices=("pending", "delivered", "dead", "withdrawn"))
+    deliveries.add_argument("--limit", type=_positive_int, default=50)
+    replay = action("replay", "replay one delivery, or all dead ones")
+    replay.add_argument("id", nargs="?", help="the delivery (webhook) id")
+    replay.add_argument("--status", choices=("dead",), help="replay every dead delivery")
+    replay.add_argument("--since", default=None, help="only those created since this ISO time")
+    preview = action("preview", "poll now and show what would be delivered, recording nothing")
+    preview.add_argument("--agent", default=None, help="only this agent (id)")
+    preview.add_argument("--integration", default=None, help="only this integration (id)")
+    integrations = action("integrations", "the health of each store")
+    integrations.add_argument("--failing", action="store_true", help="only failing ones")
+    integrations.add_argument("--limit", type=_positive_int, default=50)
+    forget = action("forget", "erase one customer from everything cartd keeps")
+    forget.add_argument("--email", default=None)
+    forget.add_argument("--customer-id", default=None)
+    forget.add_argument("--integration-id", default=None)
 
 
 def _positive_int(text: str) -> int:
@@ -183,6 +205,16 @@ def _ctl_request(args: argparse.Namespace) -> tuple[str, str, dict[str, str]]:
         if args.status:
             params["status"] = args.status
         return "GET", "/deliveries", params
+    if action == "preview":
+        return "POST", "/polling/preview", {k: v for k, v in (
+            ("agent", args.agent), ("integration", args.integration)) if v}
+    if action == "integrations":
+        params = {"limit": str(args.limit)}
+        if args.failing:
+            params["failing"] = "true"
+        return "GET", "/integrations", params
+    if action == "forget":
+        return "POST", "/subjects/forget", {}
     if action == "replay":
         if args.id and not args.status and not args.since:
             return "POST", f"/deliveries/{quote(args.id, safe='')}/replay", {}
@@ -195,12 +227,24 @@ def _ctl_request(args: argparse.Namespace) -> tuple[str, str, dict[str, str]]:
             "reload": ("POST", "/reload", {})}[action]
 
 
-def _cmd_ctl(args: argparse.Namespace) -> int:
-    import json
+def _ctl_body(args: argparse.Namespace) -> dict[str, str] | None:
+    """The JSON body of the request, for the commands that send one."""
+    if args.action != "forget":
+        return None
+    if args.email and not (args.customer_id or args.integration_id):
+        return {"email": args.email}
+    if args.customer_id and args.integration_id and not args.email:
+        return {"customer_id": args.customer_id, "integration_id": args.integration_id}
+    raise UsageError("forget takes --email E, or --customer-id C --integration-id I")
 
+
+def _cmd_ctl(args: argparse.Namespace) -> int:
     import aiohttp
 
+    from cartd import ctl_text
+
     method, path, params = _ctl_request(args)
+    body = _ctl_body(args)
     socket_path = args.socket or control_socket(resolve_path(args.config),
                                                 missing_ok=args.config is None)
 
@@ -208,7 +252,8 @@ def _cmd_ctl(args: argparse.Namespace) -> int:
         connector = aiohttp.UnixConnector(path=socket_path)
         timeout = aiohttp.ClientTimeout(total=300)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            async with session.request(method, f"http://cartd{path}", params=params) as response:
+            async with session.request(method, f"http://cartd{path}", params=params,
+                                       json=body) as response:
                 return response.status, await response.json(content_type=None)
 
     try:
@@ -217,7 +262,8 @@ def _cmd_ctl(args: argparse.Namespace) -> int:
         print(f"cartd: cannot reach the daemon at {socket_path}: {_one_line(exc)}",
               file=sys.stderr)
         return EXIT_RUNTIME
-    print(json.dumps(data, indent=2))
+    ctl_text.show(args.action, data, ok=status < 400,
+                  as_json=args.json or not sys.stdout.isatty())
     return EXIT_OK if status < 400 else EXIT_RUNTIME
 
 

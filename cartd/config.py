@@ -139,6 +139,7 @@ class WebhookConfig(Section):
     breaker_probe: PositiveDuration = 30.0
     headers: dict[str, str] = {}
     allowed_override_hosts: tuple[str, ...] = ()
+    max_delivery_age: PositiveDuration = 86400.0
 
     @field_validator("url")
     @classmethod

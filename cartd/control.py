@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from cartd.daemon import Daemon
 
 MAX_BODY = 64 * 1024
-STATUSES = ("pending", "delivered", "dead")
+STATUSES = ("pending", "delivered", "dead", "withdrawn")
 
 
 class SocketInUse(RuntimeError):
@@ -68,9 +68,45 @@ def parse_since(text: str | None) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def build_app(daemon: Daemon) -> web.Application:
-    routes = web.RouteTableDef()
+def parse_limit(text: str | None, default: int = 50) -> int:
+    """`limit=N` with 1 <= N <= 1000; raises ValueError with the reason."""
+    try:
+        limit = int(text if text is not None else default)
+        if not 1 <= limit <= 1000:
+            raise ValueError
+    except ValueError:
+        raise ValueError("limit must be a whole number between 1 and 1000") from None
+    return limit
 
+
+def parse_uuid(text: str | None, name: str) -> UUID | None:
+    if not text:
+        return None
+    try:
+        return UUID(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a UUID, not {text!r}") from None
+
+
+_PERSON = ('the body must be {"email": "..."} or {"customer_id": "...", "integration_id": "..."}'
+           " with non-empty strings")
+
+
+def parse_person(body: Any) -> dict[str, Any]:
+    """`{"email"}` or `{"customer_id", "integration_id"}`: who to forget."""
+    if not isinstance(body, dict):
+        raise ValueError(_PERSON)
+    keys = set(body)
+    strings = all(isinstance(v, str) and v.strip() for v in body.values())
+    if keys == {"email"} and strings:
+        return {"email": body["email"]}
+    if keys == {"customer_id", "integration_id"} and strings:
+        return {"customer_id": body["customer_id"],
+                "integration_id": parse_uuid(body["integration_id"], "integration_id")}
+    raise ValueError(_PERSON)
+
+
+def _polling_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
     @routes.get("/status")
     @routes.get("/polling/status")
     async def status(_: web.Request) -> web.Response:
@@ -106,17 +142,17 @@ def build_app(daemon: Daemon) -> web.Application:
             return error(problem)
         return reply(await daemon.status())
 
+
+def _delivery_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
     @routes.get("/deliveries")
     async def deliveries(request: web.Request) -> web.Response:
         status_filter = request.query.get("status") or None
         if status_filter is not None and status_filter not in STATUSES:
             return error(f"status must be one of {', '.join(STATUSES)}")
         try:
-            limit = int(request.query.get("limit", "50"))
-            if not 1 <= limit <= 1000:
-                raise ValueError
-        except ValueError:
-            return error("limit must be a whole number between 1 and 1000")
+            limit = parse_limit(request.query.get("limit"))
+        except ValueError as exc:
+            return error(str(exc))
         return reply(await daemon.store.list_deliveries(status_filter, limit))
 
     @routes.post("/deliveries/replay")
@@ -128,16 +164,69 @@ def build_app(daemon: Daemon) -> web.Application:
         except ValueError as exc:
             return error(str(exc))
         count = await daemon.store.replay_dead(since, daemon.clock())
+        await daemon.settle_outbox()  # rebuilt before they go: completed carts leave them
         daemon.wake_deliveries()
         return reply({"replayed": count})
 
     @routes.post("/deliveries/{id}/replay")
     async def replay_one(request: web.Request) -> web.Response:
         delivery_id = request.match_info["id"]
-        if not await daemon.store.replay(delivery_id, daemon.clock()):
+        before = await daemon.store.replay(delivery_id, daemon.clock())
+        if before is None:
             return error(f"no delivery {delivery_id}", 404)
+        if before == "withdrawn":
+            return error(f"delivery {delivery_id} was withdrawn: its carts completed or their"
+                         " customer was erased before it was sent, so it is never sent", 409)
+        await daemon.settle_outbox()
         daemon.wake_deliveries()
         return reply({"replayed": 1, "id": delivery_id})
+
+
+def _operator_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
+    @routes.post("/polling/preview")
+    async def preview(request: web.Request) -> web.Response:
+        try:
+            agent = parse_uuid(request.query.get("agent"), "agent")
+            integration = parse_uuid(request.query.get("integration"), "integration")
+            limit = parse_limit(request.query.get("limit"), default=100)
+        except ValueError as exc:
+            return error(str(exc))
+        return reply(await daemon.preview(agent, integration, limit))
+
+    @routes.get("/integrations")
+    async def integrations(request: web.Request) -> web.Response:
+        failing = request.query.get("failing", "false")
+        if failing not in ("true", "false"):
+            return error("failing must be true or false")
+        try:
+            limit = parse_limit(request.query.get("limit"))
+        except ValueError as exc:
+            return error(str(exc))
+        config = daemon.config()
+        rows = await daemon.store.integrations(
+            slug=config.polling.template_slug, failing=failing == "true", limit=limit)
+        for row in rows:  # never polled, no mode in its config: the default one
+            row["mode"] = row["mode"] or config.platforms.default_mode
+        return reply(rows)
+
+    @routes.post("/subjects/forget")
+    async def forget(request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.text() or "null")
+        except ValueError:
+            return error("the body is not JSON")
+        try:
+            person = parse_person(body)
+        except ValueError as exc:
+            return error(str(exc))
+        return reply(await daemon.forget(**person))
+
+
+def build_app(daemon: Daemon) -> web.Application:
+    routes = web.RouteTableDef()
+    _polling_routes(routes, daemon)
+    _delivery_routes(routes, daemon)
+    _operator_routes(routes, daemon)
 
     @web.middleware
     async def errors(request: web.Request, handler: Any) -> web.StreamResponse:

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from cartd import __version__, control, embedded, logs, notify, sources
+from cartd import __version__, control, embedded, logs, notify, outbox, preview, sources
 from cartd.config import Config, ConfigError, load
 from cartd.delivery import Attempt, Deliverer
 from cartd.metrics import Metrics
@@ -29,6 +29,8 @@ from cartd.store import DB_ERRORS, Claimed, DatabaseProblem, Store, problem
 log = structlog.get_logger("cartd.daemon")
 
 HEALTH_EVERY = 2.0
+STATUS_COUNTS = ("pending", "dead", "delivered")  # the delivery counts /status shows
+GAUGES_EVERY = 10.0  # seconds between refreshes of the integration health gauges
 RETENTION_EVERY = 300.0  # seconds between retention sweeps
 RUN_ONCE_WAIT = 30.0
 # Changing these needs a restart; a reload keeps the running value.
@@ -146,6 +148,7 @@ class Daemon:
         self._background: set[asyncio.Task[Any]] = set()
         self._dsn = ""
         self._cycle_lock = asyncio.Lock()
+        self._gauges_due = 0.0  # monotonic time of the next integration gauges refresh
         self.store: Store | None = None
         self.poller: Poller | None = None
         self.deliverer: Deliverer | None = None
@@ -277,9 +280,12 @@ class Daemon:
             try:
                 await self.store.ping()
                 await self._database_up()
+                await self.settle_outbox()
                 counts = await self.store.delivery_counts()
                 self.metrics.deliveries_pending.set(counts["pending"])
                 self.metrics.deliveries_dead.set(counts["dead"])
+                if time.monotonic() >= self._gauges_due:
+                    await self._refresh_health_gauges()
             except DB_ERRORS as exc:
                 self.database.failed("health", exc)
             else:
@@ -288,6 +294,40 @@ class Daemon:
                 await asyncio.wait_for(self.stopping.wait(), HEALTH_EVERY)
             except TimeoutError:
                 pass
+
+    async def settle_outbox(self) -> None:
+        """Expire old detected deliveries, rebuild the stale ones no attempt holds (README
+        "What the receiver sees when a cart completes"), and count what left."""
+        now = self.clock()
+        expired = await outbox.expire(self.store, now, self._config.webhook.max_delivery_age)
+        self.metrics.deliveries_by_outcome["dead"].inc(len(expired))
+        result = await outbox.refresh(self.store, now)
+        self.metrics.deliveries_by_outcome["withdrawn"].inc(len(result.withdrawn))
+        if result.counts["rebuilt"] or result.counts["released"]:
+            self.wake_deliveries()
+
+    async def _refresh_health_gauges(self) -> None:
+        """The integration health gauges, from the database: several instances agree."""
+        self._gauges_due = time.monotonic() + GAUGES_EVERY
+        health = await self.store.integration_health(
+            slug=self._config.polling.template_slug, now=self.clock(), platforms=PLATFORMS)
+        for platform in PLATFORMS:
+            failing, age = health.get(platform, (0, 0.0))
+            self.metrics.integrations_failing.labels(platform).set(failing)
+            self.metrics.integration_poll_age.labels(platform).set(age)
+
+    async def preview(self, agent_id: Any, integration_id: Any, limit: int) -> dict[str, Any]:
+        """What a cycle would deliver now, recorded nowhere (README "Previewing a store")."""
+        assert self.poller is not None
+        return await preview.preview(self.poller, agent_id=agent_id,
+                                     integration_id=integration_id, limit=limit)
+
+    async def forget(self, **person: Any) -> dict[str, int]:
+        """Erase one person from everything cartd keeps (README "Personal data")."""
+        counts = await outbox.forget(self.store, self.clock(), **person)
+        self.metrics.deliveries_by_outcome["withdrawn"].inc(counts["deliveries_withdrawn"])
+        self.wake_deliveries()
+        return counts
 
     async def _retention_loop(self) -> None:
         """Purge finished deliveries older than `retention` and, later, the dedupe memory
@@ -350,6 +390,11 @@ class Daemon:
                       f" {summary.carts_new} new carts, {summary.deliveries_enqueued} webhooks"
                       f" queued, {summary.integration_errors} integration errors")
         self.on_cycle(summary)
+        try:
+            await self.settle_outbox()  # what the cycle's completions made stale
+            await self._refresh_health_gauges()
+        except DB_ERRORS as exc:  # the health loop settles it next
+            self.database.failed("health", exc)
         return summary, ids
 
     async def run_once(self) -> dict[str, Any] | None:
@@ -511,7 +556,7 @@ class Daemon:
             "started_at": self.started_at,
             "cycles": self.cycles,
             "last_cycle": self.last_cycle,
-            "deliveries": deliveries,
+            "deliveries": deliveries and {k: deliveries[k] for k in STATUS_COUNTS},
             "database": self.database.text(),
             "config_path": str(self.config_path) if self.config_path else None,
             "config_loaded_at": self.config_loaded_at,

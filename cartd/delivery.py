@@ -324,6 +324,7 @@ class Deliverer:
                 claimed = await self.store.claim_deliveries(
                     instance=self.instance_id, now=now, lease=lease, limit=limit,
                     default_url=config.webhook.url, exclude=full,
+                    max_age=timedelta(seconds=config.webhook.max_delivery_age),
                 )
             except DB_ERRORS as exc:
                 log.debug("delivery_claim_failed", error=str(exc))  # the health loop reports it

@@ -21,7 +21,7 @@ from cartd.sources import PLATFORMS
 disable_created_metrics()
 
 ATTEMPT_RESULTS = ("2xx", "3xx", "4xx", "5xx", "timeout", "error")
-DELIVERY_OUTCOMES = ("delivered", "retried", "dead")
+DELIVERY_OUTCOMES = ("delivered", "retried", "dead", "withdrawn")
 
 
 class Metrics:
@@ -62,11 +62,22 @@ class Metrics:
                                      registry=r)
         self.breaker_open = Gauge("cartd_breaker_open", "Destinations whose breaker is open",
                                   registry=r)
+        # From the database (every instance shows the same), by the health loop.
+        self.integrations_failing = Gauge("cartd_integrations_failing",
+                                          "Active integrations whose last poll failed",
+                                          ["platform"], registry=r)
+        self.integration_poll_age = Gauge("cartd_integration_poll_age_seconds",
+                                          "Longest time since an active integration's last"
+                                          " successful poll", ["platform"], registry=r)
         self.config_reloads = Counter("cartd_config_reloads", "Config reloads by outcome",
                                       ["outcome"], registry=r)
         self.config_last_success = Gauge("cartd_config_last_reload_success_timestamp_seconds",
                                          "Unix time the config was last loaded successfully",
                                          registry=r)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Every label set at 0 (the build info at 1), so that series exist from the start."""
         self.build_info.labels(__version__).set(1)
         for outcome in ("ok", "error"):
             self.poll_cycles.labels(outcome)
@@ -76,6 +87,8 @@ class Metrics:
         for platform in PLATFORMS:
             self.carts_detected.labels(platform)
             self.carts_recovered.labels(platform)
+            self.integrations_failing.labels(platform)
+            self.integration_poll_age.labels(platform)
         # Counted on every attempt: the children, looked up once.
         self.attempts_by_result = {r: self.webhook_attempts.labels(r) for r in ATTEMPT_RESULTS}
         self.deliveries_by_outcome = {o: self.deliveries.labels(o) for o in DELIVERY_OUTCOMES}

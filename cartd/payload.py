@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -81,7 +82,6 @@ def build(
     """One webhook body for carts of a single currency."""
     currency = carts[0].currency
     number = money_number(currency)
-    total = sum((c.total_value for c in carts), Decimal(0))
     return dumps(
         {
             "type": event,
@@ -90,13 +90,62 @@ def build(
             "company": company,
             "integration": integration,
             "abandoned_carts": [cart_entry(c, event, now, number) for c in carts],
-            "recovery_analytics": {
-                "total_carts": len(carts),
-                "total_value": number(total),
-                "platform": integration["platform"],
-                "currency": currency,
-                "total_items": sum(c.item_count for c in carts),
-                "average_cart_value": number(quantize(total / len(carts), currency)),
-            },
+            "recovery_analytics": analytics(
+                [c.total_value for c in carts], sum(c.item_count for c in carts),
+                integration["platform"], currency),
         }
     )
+
+
+def analytics(totals: list[Decimal], items: int, platform: str, currency: str) -> dict[str, Any]:
+    """`recovery_analytics` of carts worth `totals` (exact, in the currency) with `items`
+    units in all."""
+    number = money_number(currency)
+    total = sum(totals, Decimal(0))
+    return {
+        "total_carts": len(totals),
+        "total_value": number(total),
+        "platform": platform,
+        "currency": currency,
+        "total_items": items,
+        "average_cart_value": number(quantize(total / len(totals), currency)),
+    }
+
+
+# What a redacted cart keeps of its customer: nothing that names or reaches them.
+ERASED_CUSTOMER = {"id": None, "email": None, "first_name": None, "last_name": None,
+                   "phone": None, "accepts_marketing": False}
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    """A stored body with its money as Decimal (it was written from quantized Decimals,
+    so the digits come back exactly)."""
+    return json.loads(body, parse_float=Decimal)
+
+
+def without_carts(body: bytes, cart_ids: set[str]) -> bytes | None:
+    """The body with the carts `cart_ids` taken out and `recovery_analytics` recomputed;
+    None when no cart is left. Everything else (type, timestamp, order) stays."""
+    data = _parse(body)
+    carts = [c for c in data["abandoned_carts"] if c["cart_id"] not in cart_ids]
+    if not carts:
+        return None
+    data["abandoned_carts"] = carts
+    old = data["recovery_analytics"]
+    data["recovery_analytics"] = analytics(
+        [Decimal(c["total_value"]) for c in carts],
+        sum(item["quantity"] for c in carts for item in c["items"]),
+        old["platform"], old["currency"])
+    return dumps(data)
+
+
+def redacted(body: bytes, cart_ids: set[str]) -> bytes | None:
+    """The body with the customer and recovery link of the carts `cart_ids` erased (the
+    cart, its items and the totals stay); None when there was nothing left to erase."""
+    data = _parse(body)
+    changed = False
+    for cart in data["abandoned_carts"]:
+        if cart["cart_id"] in cart_ids and not cart.get("erased"):
+            cart.update(customer=dict(ERASED_CUSTOMER), recovery_url=None, erased=True)
+            changed = True
+    return dumps(data) if changed else None

@@ -20,7 +20,7 @@ from cartd import payload
 from cartd.config import Config, parse_duration
 from cartd.sources import Fetched, Integration, IntegrationError, fetch
 from cartd.sources.model import MAX_TEXT, MAX_URL, Cart, clean, iso
-from cartd.store import AgentWork, NewDelivery, SourceState, Store
+from cartd.store import AgentWork, NewDelivery, SourcePoll, SourceState, Store
 
 log = structlog.get_logger("cartd.poller")
 
@@ -78,15 +78,23 @@ class Rules:
     url: str | None
     url_error: str | None
 
-    def keeps(self, cart: Cart, now: datetime) -> bool:
+    def drop_reason(self, cart: Cart, now: datetime) -> str | None:
+        """Why the cart is not an abandoned one to deliver (README "How it works"), or None
+        when it is."""
+        if cart.completed_at is not None:
+            return "completed"
         idle = now - cart.last_activity
-        return (
-            cart.completed_at is None
-            and self.abandoned_after <= idle <= self.max_age
-            and cart.total_value >= self.min_value
-            and (cart.has_contact or not self.require_contact)
-            and (cart.customer.accepts_marketing or not self.require_marketing_consent)
-        )
+        if idle < self.abandoned_after:
+            return "too recent"
+        if idle > self.max_age:
+            return "too old"
+        if cart.total_value < self.min_value:
+            return "too cheap"
+        if self.require_contact and not cart.has_contact:
+            return "no contact"
+        if self.require_marketing_consent and not cart.customer.accepts_marketing:
+            return "no consent"
+        return None
 
 
 def agent_rules(settings: Any, config: Config) -> Rules:
@@ -176,7 +184,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 @dataclass
-class _Job:
+class Job:
     """One integration of one claimed agent, through the cycle."""
 
     agent: Any
@@ -191,6 +199,80 @@ class _Job:
     resume: dict[str, Any] | None = None
     keep: list[Cart] = field(default_factory=list)
     completed: list[Cart] = field(default_factory=list)
+
+
+async def fetch_job(job: Job, config: Config, now: datetime) -> Exception | None:
+    """Fetch a job's carts from its cursor (or where its last read stopped) into
+    `job.fetched`; the error when it failed: an IntegrationError, or an unexpected one (a
+    bug, or input no check foresaw), which costs this integration only."""
+    since = job.state.cursor - CURSOR_OVERLAP if job.state.cursor else None
+    try:
+        job.fetched = await fetch(job.integration, config=config, since=since,
+                                  mock_epoch=job.state.mock_epoch, now=now,
+                                  resume=job.state.resume)
+    except Exception as exc:
+        return exc
+    malformed, iid = job.fetched.malformed, str(job.integration.id)
+    if malformed:
+        log.warning("malformed_records_skipped", integration_id=iid,
+                    platform=job.integration.platform, count=malformed.total(),
+                    reasons=dict(malformed))
+    if job.fetched.stopped:
+        log.info("store_read_continues_next_cycle", integration_id=iid,
+                 platform=job.integration.platform, carts=len(job.fetched.carts),
+                 reason=job.fetched.stopped)
+    return None
+
+
+async def plan(store: Store, agents: list[Any], config: Config,
+               taken: set[Any] | None = None) -> tuple[list[Job], list[SourcePoll]]:
+    """The jobs of these agents' integrations (with their cursors), and the failed polls
+    of those that cannot even be fetched (bad agent rows or settings, bad integration
+    config); a bad agent or integration fails alone. An integration in `taken` (polled
+    before in this cycle: a view may list it twice) is skipped, and the others are added."""
+    taken = set() if taken is None else taken
+    candidates: list[tuple[Any, Rules, AgentCard, Integration]] = []
+    unpolled: list[SourcePoll] = []
+    for agent in agents:
+        try:
+            rules, card = agent_rules(agent.settings, config), agent_card(agent)
+        except Exception as exc:  # ValueError names the bad value; others are bugs
+            expected = isinstance(exc, ValueError)
+            log.log(logging.WARNING if expected else logging.ERROR, "agent_skipped",
+                    agent_id=str(agent.id), error=_one_line(exc), exc_info=not expected)
+            unpolled += [_failure(agent, row, f"agent: {_one_line(exc)}")
+                         for row in agent.integrations]
+            continue
+        for row in agent.integrations:
+            try:
+                integration = Integration.from_row(row, config)
+            except IntegrationError as exc:
+                unpolled.append(_failure(agent, row, str(exc)))
+                continue
+            if integration.id in taken:
+                log.warning("integration_listed_twice", agent_id=str(agent.id),
+                            integration_id=str(integration.id))
+                continue
+            taken.add(integration.id)
+            candidates.append((agent, rules, card, integration))
+    states = await store.source_states([i.id for *_, i in candidates])
+    jobs = [Job(a, r, c, i, states.get(i.id, SourceState(None, None)))
+            for a, r, c, i in candidates]
+    return jobs, unpolled
+
+
+def _failure(agent: Any, integration: Any, error: str) -> SourcePoll:
+    """The failed poll of an integration (a row of the claim, or an Integration); its
+    integration_id is None when the row's id is not a UUID (nothing can be kept for it)."""
+    if isinstance(integration, Integration):
+        return SourcePoll(integration.id, agent.id, integration.platform, integration.mode,
+                          error=error[:500])
+    try:
+        ident = uuid.UUID(str(integration.get("id")))
+    except ValueError:
+        ident = None
+    return SourcePoll(ident, agent.id, str(integration.get("platform"))[:40], None,
+                      error=error[:500])
 
 
 class Poller:
@@ -280,31 +362,40 @@ class Poller:
         `writing` while the next groups are fetched, WRITERS at most; the batch's last one
         releases the agents. Returns the ids of the deliveries whose transaction ended."""
         summary.agents_found += len(agents)
-        candidates = self._candidates(agents, config, summary)
-        states = await self.store.source_states([i.id for _, _, _, i in candidates])
-        jobs = deque(_Job(a, r, c, i, states.get(i.id, SourceState(None, None)))
-                     for a, r, c, i in candidates)
+        planned, unpolled = await plan(self.store, agents, config, summary.taken)
+        jobs = deque(planned)
+        failures: list[SourcePoll] = []  # recorded with the next group, for their health
+        for failure in unpolled:
+            self._failed(summary, failure)
+            failures.append(failure)
         # At most `source_concurrency` integrations are being fetched or waiting to be
         # sifted; the next fetch starts as soon as any one is taken, so a slow store holds
         # one slot, not the others.
         ahead = config.polling.source_concurrency
-        fetched: asyncio.Queue[_Job] = asyncio.Queue()
+        fetched: asyncio.Queue[Job] = asyncio.Queue()
         fetching: set[asyncio.Task[None]] = set()
         delivery_ids: list[str] = []
-        group: list[_Job] = []
+        group: list[Job] = []
         held = 0
 
-        async def fetch_one(job: _Job) -> None:
+        async def fetch_one(job: Job) -> None:
             try:
-                await self._fetch(job, config, now, summary)
+                error = await fetch_job(job, config, now)
+                if error is not None:
+                    failure = _failure(job.agent, job.integration, _one_line(error))
+                    self._failed(summary, failure, error)
+                    failures.append(failure)
             finally:
                 fetched.put_nowait(job)
 
-        async def write(jobs: list[_Job], release: list[Any]) -> None:
+        async def write(jobs: list[Job], release: list[Any]) -> None:
             while len(writing) >= WRITERS:
                 delivery_ids.extend(self._enqueued(await writing[0], summary))
                 writing.popleft()
-            writing.append(asyncio.create_task(self._record(jobs, release, config, now, summary)))
+            failed = failures[:]
+            failures.clear()
+            writing.append(asyncio.create_task(
+                self._record(jobs, release, failed, config, now, summary)))
 
         out = 0  # fetches started and not yet taken from the queue
         try:
@@ -321,8 +412,9 @@ class Poller:
                 try:
                     held += self._sift(job, config, now, summary)
                 except Exception as exc:  # a bug costs this integration, not the batch
-                    self._failed(summary, job.integration.platform, job.agent,
-                                 job.integration.id, exc, unexpected=True)
+                    failure = _failure(job.agent, job.integration, _one_line(exc))
+                    self._failed(summary, failure, exc)
+                    failures.append(failure)
                     continue
                 group.append(job)
                 if held >= CART_BATCH:
@@ -336,14 +428,15 @@ class Poller:
         return delivery_ids
 
     @staticmethod
-    def _sift(job: _Job, config: Config, now: datetime, summary: CycleSummary) -> int:
+    def _sift(job: Job, config: Config, now: datetime, summary: CycleSummary) -> int:
         """Keep the job's abandoned (and completed) carts, drop the rest; returns how many
         carts it still holds. Counts the integration once its carts are sifted."""
         assert job.fetched is not None
         fetched, job.fetched = job.fetched, None
         carts, job.mock_epoch, job.resume = fetched.carts, fetched.mock_epoch, fetched.resume
         job.through, job.read_at = fetched.through, fetched.read_at
-        job.keep = [c for c in carts if job.rules.keeps(c, now)]
+        drop_reason = job.rules.drop_reason
+        job.keep = [c for c in carts if drop_reason(c, now) is None]
         if config.carts.send_recovered:
             job.completed = [c for c in carts if c.completed_at is not None]
         platform = job.integration.platform
@@ -359,12 +452,13 @@ class Poller:
         self.on_enqueued(enqueued)
         return ids
 
-    async def _record(self, done: list[_Job], agents: list[Any], config: Config,
-                      now: datetime, summary: CycleSummary) -> list[NewDelivery]:
-        """One transaction: the jobs' new carts, recoveries, deliveries and cursors, and the
-        release of `agents`' claims."""
+    async def _record(self, done: list[Job], agents: list[Any], failures: list[SourcePoll],
+                      config: Config, now: datetime, summary: CycleSummary) -> list[NewDelivery]:
+        """One transaction: the jobs' new carts, recoveries, deliveries, cursors and health
+        (and the failures'), and the release of `agents`' claims."""
 
-        def build(new: dict[Any, set[str]], recovered: dict[Any, set[str]]) -> list[NewDelivery]:
+        def build(new: dict[Any, set[str]], recovered: dict[Any, set[str]],
+                  held: dict[Any, dict[str, set[str]]]) -> list[NewDelivery]:
             out: list[NewDelivery] = []
             nothing: set[str] = set()
             for job in done:
@@ -373,94 +467,53 @@ class Poller:
                 fresh = [c for c in job.keep if c.cart_id in got]
                 back = [c for c in job.completed if c.cart_id in back_ids]
                 self._count(summary, job, fresh, back)
-                out += self._deliveries(job, config, now, payload.DETECTED, fresh)
-                out += self._deliveries(job, config, now, payload.RECOVERED, back)
+                out += build_deliveries(job, config, now, payload.DETECTED, fresh)
+                out += build_deliveries(job, config, now, payload.RECOVERED, back)
+                for detected_id, waiting in held.get(iid, {}).items():
+                    out += build_deliveries(job, config, now, payload.RECOVERED,
+                                            [c for c in job.completed if c.cart_id in waiting],
+                                            hold_for=detected_id)
             return out
 
+        keys = await self.store.subject_keys()
+        email, customer = keys.email, keys.customer
         return await self.store.record(
             now=now,
-            detected=[(j.integration.id, c.cart_id) for j in done for c in j.keep],
+            detected=[(j.integration.id, c.cart_id, email(c.customer.email),
+                       customer(c.customer.id)) for j in done for c in j.keep],
             completed=[(j.integration.id, c.cart_id) for j in done for c in j.completed],
             build=build,
-            sources=[(j.integration.id, self._next_cursor(j), j.mock_epoch, j.resume)
-                     for j in done],
+            sources=[SourcePoll(j.integration.id, j.agent.id, j.integration.platform,
+                                j.integration.mode, self._next_cursor(j), j.mock_epoch,
+                                j.resume)
+                     for j in done] + [f for f in failures if f.integration_id is not None],
             agents=agents,
             instance=self.instance_id,
         )
 
-    async def _fetch(self, job: _Job, config: Config, now: datetime,
-                     summary: CycleSummary) -> None:
-        since = job.state.cursor - CURSOR_OVERLAP if job.state.cursor else None
-        try:
-            job.fetched = await fetch(job.integration, config=config, since=since,
-                                      mock_epoch=job.state.mock_epoch, now=now,
-                                      resume=job.state.resume)
-        except IntegrationError as exc:
-            self._failed(summary, job.integration.platform, job.agent, job.integration.id, exc)
-            return
-        except Exception as exc:  # a bug, or input no check foresaw: this integration only
-            self._failed(summary, job.integration.platform, job.agent, job.integration.id, exc,
-                         unexpected=True)
-            return
-        malformed = job.fetched.malformed
-        if malformed:
-            log.warning("malformed_records_skipped", integration_id=str(job.integration.id),
-                        platform=job.integration.platform, count=malformed.total(),
-                        reasons=dict(malformed))
-        if job.fetched.stopped:
-            log.info("store_read_continues_next_cycle", integration_id=str(job.integration.id),
-                     platform=job.integration.platform, carts=len(job.fetched.carts),
-                     reason=job.fetched.stopped)
-
     @staticmethod
-    def _next_cursor(job: _Job) -> datetime | None:
+    def _next_cursor(job: Job) -> datetime | None:
         """As far as the store was read, less what was not yet idle long enough when it was
         read (it must be read again); a read that got no further keeps the cursor."""
         if job.through is None or job.read_at is None:
             return job.state.cursor
         return min(job.through, job.read_at - job.rules.abandoned_after)
 
-    def _candidates(self, agents: list[Any], config: Config, summary: CycleSummary
-                    ) -> list[tuple[Any, Rules, AgentCard, Integration]]:
-        """The integrations of `agents` to fetch, with their agent's rules and card; a
-        bad agent or integration fails alone, an integration taken before is skipped."""
-        candidates = []
-        for agent in agents:
-            try:
-                rules, card = agent_rules(agent.settings, config), agent_card(agent)
-            except Exception as exc:  # ValueError names the bad value; others are bugs
-                summary.integration_errors += len(agent.integrations)
-                log.log(logging.WARNING if isinstance(exc, ValueError) else logging.ERROR,
-                        "agent_skipped", agent_id=str(agent.id), error=_one_line(exc),
-                        exc_info=not isinstance(exc, ValueError))
-                continue
-            for row in agent.integrations:
-                try:
-                    integration = Integration.from_row(row, config)
-                except IntegrationError as exc:
-                    self._failed(summary, row.get("platform"), agent, row.get("id"), exc)
-                    continue
-                if integration.id in summary.taken:
-                    log.warning("integration_listed_twice", agent_id=str(agent.id),
-                                integration_id=str(integration.id))
-                    continue
-                summary.taken.add(integration.id)
-                candidates.append((agent, rules, card, integration))
-        return candidates
-
     @staticmethod
-    def _failed(summary: CycleSummary, platform: Any, agent: Any, integration_id: Any,
-                exc: Exception, *, unexpected: bool = False) -> None:
-        """Count and log a failed integration; an `unexpected` exception (not an
+    def _failed(summary: CycleSummary, failure: SourcePoll,
+                exc: Exception | None = None) -> None:
+        """Count and log a failed integration; an unexpected exception (not an
         IntegrationError) is logged at error level with its traceback."""
+        unexpected = exc is not None and not isinstance(exc, IntegrationError)
         summary.integration_errors += 1
-        summary.polls[(str(platform), "error")] += 1
+        summary.polls[(failure.platform, "error")] += 1
         log.log(logging.ERROR if unexpected else logging.WARNING, "integration_failed",
-                agent_id=str(agent.id), platform=str(platform)[:40],
-                integration_id=str(integration_id), error=_one_line(exc), exc_info=unexpected)
+                agent_id=str(failure.agent_id), platform=failure.platform,
+                integration_id=str(failure.integration_id), error=failure.error,
+                exc_info=exc if unexpected else False)
 
     @staticmethod
-    def _count(summary: CycleSummary, job: _Job, fresh: list[Cart], back: list[Cart]) -> None:
+    def _count(summary: CycleSummary, job: Job, fresh: list[Cart], back: list[Cart]) -> None:
         platform = job.integration.platform
         summary.carts_new += len(fresh)
         summary.carts_recovered += len(back)
@@ -474,30 +527,31 @@ class Poller:
             key = (platform, cart.currency)
             summary.value_by[key] = summary.value_by.get(key, Decimal(0)) + value
 
-    @staticmethod
-    def _deliveries(job: _Job, config: Config, now: datetime, event: str,
-                    carts: list[Cart]) -> list[NewDelivery]:
-        if not carts:
-            return []
-        agent, integration = job.agent, job.integration
-        integration_info = {"id": str(integration.id), "platform": integration.platform,
-                            "mode": integration.mode}
-        by_currency: dict[str, list[Cart]] = defaultdict(list)
-        for cart in carts:
-            by_currency[cart.currency].append(cart)
-        size = config.webhook.max_carts_per_payload
-        out = []
-        for group in by_currency.values():
-            for start in range(0, len(group), size):
-                chunk = group[start:start + size]
-                out.append(NewDelivery(
-                    id=payload.new_webhook_id(), type=event, agent_id=agent.id,
-                    integration_id=integration.id, platform=integration.platform,
-                    url=job.rules.url, carts=len(chunk),
-                    body=payload.build(event=event, now=now, agent=job.card.agent,
-                                       company=job.card.company, integration=integration_info,
-                                       carts=chunk),
-                    status="dead" if job.rules.url_error else "pending",
-                    last_error=job.rules.url_error,
-                ))
-        return out
+def build_deliveries(job: Job, config: Config, now: datetime, event: str,
+                     carts: list[Cart], hold_for: str | None = None) -> list[NewDelivery]:
+    """The webhooks of `carts` for one job: one per currency, split at
+    `webhook.max_carts_per_payload`."""
+    if not carts:
+        return []
+    agent, integration = job.agent, job.integration
+    integration_info = {"id": str(integration.id), "platform": integration.platform,
+                        "mode": integration.mode}
+    by_currency: dict[str, list[Cart]] = defaultdict(list)
+    for cart in carts:
+        by_currency[cart.currency].append(cart)
+    size = config.webhook.max_carts_per_payload
+    out = []
+    for group in by_currency.values():
+        for start in range(0, len(group), size):
+            chunk = group[start:start + size]
+            out.append(NewDelivery(
+                id=payload.new_webhook_id(), type=event, agent_id=agent.id,
+                integration_id=integration.id, platform=integration.platform,
+                url=job.rules.url, carts=len(chunk),
+                body=payload.build(event=event, now=now, agent=job.card.agent,
+                                   company=job.card.company, integration=integration_info,
+                                   carts=chunk),
+                status="dead" if job.rules.url_error else "pending",
+                last_error=job.rules.url_error, hold_for=hold_for,
+            ))
+    return out

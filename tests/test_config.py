@@ -58,6 +58,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
         "breaker_probe": 30.0,
         "headers": {},
         "allowed_override_hosts": (),
+        "max_delivery_age": 86400.0,
     },
     "retention": 7 * 86400.0,
     "control": {"socket": "./var/cartd.sock", "socket_mode": "0660"},

@@ -67,8 +67,26 @@ def bodies(receiver: Scripted) -> list[dict]:
 
 
 async def recorded(store: Store) -> set[tuple[str, str]]:
-    rows = await store.pool.fetch("SELECT integration_id, cart_id FROM cartd.sent_carts")
+    """The carts recorded for the receiver: those in the dedupe memory, less those that
+    completed while their delivery was pending and so left it (README "What the receiver
+    sees when a cart completes")."""
+    rows = await store.pool.fetch(
+        "SELECT s.integration_id, s.cart_id FROM cartd.sent_carts s"
+        " WHERE s.recovered_at IS NULL OR EXISTS (SELECT 1 FROM cartd.deliveries d,"
+        " jsonb_array_elements(convert_from(d.body, 'UTF8')::jsonb -> 'abandoned_carts') e"
+        " WHERE d.integration_id = s.integration_id AND d.type = 'abandoned_cart.detected'"
+        " AND d.status <> 'withdrawn' AND e ->> 'cart_id' = s.cart_id)")
     return {(str(r["integration_id"]), r["cart_id"]) for r in rows}
+
+
+async def accounted(received: set[tuple[str, str]], store: Store) -> bool:
+    """Every recorded cart was received. Received beyond those: only carts that completed
+    since and so left their delivery, which a killed instance had sent without seeing the
+    answer (README "What the receiver sees when a cart completes")."""
+    due = await recorded(store)
+    completed = await store.pool.fetch(
+        "SELECT integration_id::text, cart_id FROM cartd.sent_carts WHERE recovered_at IS NOT NULL")
+    return due <= received and received - due <= {tuple(r) for r in completed}
 
 
 async def test_run_delivers_signed_webhooks_from_every_platform_and_stops_on_sigterm(
@@ -116,7 +134,7 @@ async def test_kill_9_mid_delivery_then_restart_delivers_every_recorded_cart(sto
             await wait_until(lambda: _all_delivered(store), timeout=40)
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 10) == 0
-    assert set(carts_received(receiver)) == await recorded(store)
+    assert await accounted(set(carts_received(receiver)), store)
 
 
 async def test_sigterm_with_deliveries_in_flight_exits_0_and_loses_nothing(store, dsn, tmp_path):

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from cartd.daemon import Daemon
-from cartd.poller import CycleSummary, Poller, agent_card
+from cartd.poller import Poller, agent_card, plan
 from cartd.store import AgentWork
 from helpers import Clock, config, scripted_receiver, serving, wait_until
 from test_reliability import bad_agent, custom_cart
@@ -213,15 +213,14 @@ def _agent(integrations: list[dict], **company) -> AgentWork:
                               "phone": None, **company})
 
 
-def test_an_integration_listed_twice_in_a_cycle_is_polled_once() -> None:
+async def test_an_integration_listed_twice_in_a_cycle_is_polled_once(store) -> None:
     row = {"id": str(uuid.uuid4()), "platform": "custom", "config": {"mode": "mock"}}
     agents = [_agent([row, dict(row)]), _agent([dict(row)])]
-    summary = CycleSummary(cycle_id="x", started_at="now")
-    poller = Poller(None, config, instance_id="p")
-    taken = poller._candidates(agents, config(), summary)
-    assert [str(i.id) for _, _, _, i in taken] == [row["id"]]
-    assert summary.integration_errors == 0
-    assert poller._candidates([_agent([dict(row)])], config(), summary) == []  # a later batch
+    taken: set = set()
+    jobs, unpolled = await plan(store, agents, config(), taken)
+    assert [str(job.integration.id) for job in jobs] == [row["id"]]
+    assert unpolled == []
+    assert await plan(store, [_agent([dict(row)])], config(), taken) == ([], [])  # a later batch
 
 
 @pytest.mark.parametrize(("company", "error"), [
@@ -230,21 +229,24 @@ def test_an_integration_listed_twice_in_a_cycle_is_polled_once() -> None:
      "company website is longer than 4096 characters"),
     ({"email": 7}, "company email is not text"),
 ])
-def test_an_agent_whose_rows_a_payload_cannot_carry_fails_alone(company, error) -> None:
-    good, bad = _agent([]), _agent([{"id": str(uuid.uuid4()), "platform": "custom"}], **company)
+async def test_an_agent_whose_rows_a_payload_cannot_carry_fails_alone(
+        store, company, error) -> None:
+    good = _agent([{"id": str(uuid.uuid4()), "platform": "custom"}])
+    bad = _agent([{"id": str(uuid.uuid4()), "platform": "custom"}], **company)
     with pytest.raises(ValueError, match=error):
         agent_card(bad)
-    summary = CycleSummary(cycle_id="x", started_at="now")
     with structlog.testing.capture_logs() as logs:
-        Poller(None, config, instance_id="p")._candidates([bad, good], config(), summary)
-    assert summary.integration_errors == 1
+        jobs, unpolled = await plan(store, [bad, good], config())
+    assert [job.agent.id for job in jobs] == [good.id]
+    assert [(f.agent_id, f.error) for f in unpolled] == [(bad.id, f"agent: {error}")]
     assert [(e["event"], e["log_level"]) for e in logs] == [("agent_skipped", "warning")]
     assert agent_card(good).agent["name"] == "Agent"
 
 
 async def test_an_unexpected_exception_fails_that_cycle_and_the_next_one_runs(store):
     daemon = Daemon(config(polling={"interval": "1h"}))
-    daemon.store, daemon.database_error = store, None
+    daemon.store = store
+    daemon.database.succeeded("cycle")  # connected
     daemon.poller = Poller(store, daemon.config, instance_id="d", clock=Clock())
     real = store.source_states
     faults = [RuntimeError("a bug")]

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from cartd.store import Store
-from helpers import ROOT, Scripted, add_agents, scripted_receiver, wait_until
+from helpers import ROOT, add_agents, scripted_receiver, wait_until
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
 
@@ -33,6 +33,7 @@ SPEC_METRICS = (
     "cartd_carts_value_total", "cartd_carts_recovered_total", "cartd_webhook_attempts_total",
     "cartd_webhook_attempt_duration_seconds", "cartd_deliveries_total",
     "cartd_deliveries_pending", "cartd_deliveries_dead", "cartd_breaker_open",
+    "cartd_integrations_failing", "cartd_integration_poll_age_seconds",
     "cartd_config_reloads_total", "cartd_config_last_reload_success_timestamp_seconds",
 )
 
@@ -233,6 +234,8 @@ async def test_metrics_match_what_the_receiver_saw(store, dsn, tmp_path):
             assert f"# TYPE {name.removesuffix('_total')}" in before or f"# TYPE {name} " in before
         assert 'cartd_webhook_attempts_total{result="timeout"} 0.0' in before
         assert 'cartd_integration_polls_total{outcome="error",platform="custom"} 0.0' in before
+        assert 'cartd_deliveries_total{outcome="withdrawn"} 0.0' in before
+        assert 'cartd_integrations_failing{platform="woocommerce"} 0.0' in before
         _, once = await d.actl("run-once")
         text = await d.scrape()
         assert metric(text, 'cartd_webhook_attempts_total{result="2xx"}') == len(receiver.requests)

@@ -47,6 +47,8 @@ SPEC_METRICS = {
     "cartd_deliveries_pending": "gauge",
     "cartd_deliveries_dead": "gauge",
     "cartd_breaker_open": "gauge",
+    "cartd_integrations_failing": "gauge",
+    "cartd_integration_poll_age_seconds": "gauge",
     "cartd_config_reloads_total": "counter",
     "cartd_config_last_reload_success_timestamp_seconds": "gauge",
 }
@@ -58,6 +60,7 @@ ALERT_NAMES = {
     "CartdWebhookFailureRatio",
     "CartdBreakerOpen",
     "CartdConfigReloadFailed",
+    "CartdIntegrationFailing",
 }
 
 MAX_EXPOSURE = 2.5  # `systemd-analyze security` overall exposure, 0 (best) to 10

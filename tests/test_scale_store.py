@@ -16,7 +16,7 @@ DAY = timedelta(days=1)
 
 
 async def test_polling_instances_split_the_agents_and_each_is_polled_once_per_interval(store):
-    data = await add_agents(store, 90)
+    await add_agents(store, 90)
     clock = Clock()
     cfg = config(polling={"interval": "30s"}, platforms={"mock": {"carts_per_hour": 0.25}})
     a, b, c = (Poller(store, lambda: cfg, instance_id=i, clock=clock) for i in "abc")
