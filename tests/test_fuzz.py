@@ -45,6 +45,7 @@ EVERYTHING = Rules(abandoned_after=timedelta(0), max_age=timedelta(days=365 * 10
                    min_value=Decimal(0), require_contact=False, require_marketing_consent=False,
                    url=None, url_error=None)
 DEFAULT_RULES = agent_rules({}, config())
+DROP_REASONS = {"completed", "too recent", "too old", "too cheap", "no contact", "no consent"}
 JS_SAFE = 2**53  # integers every JSON parser reads exactly (64-bit ints and doubles)
 
 
@@ -229,7 +230,8 @@ def through_the_cycle(normalise: Any, records: list[Any]) -> None:
     carts = gathered.carts
     assert len({c.cart_id for c in carts}) == len(carts)
     for rules in (EVERYTHING, DEFAULT_RULES):
-        [rules.keeps(c, NOW) for c in carts]
+        reasons = {rules.drop_reason(c, NOW) for c in carts}
+        assert reasons <= {None, *DROP_REASONS}
     for event in (payload.DETECTED, payload.RECOVERED):
         for currency in {c.currency for c in carts}:
             chunk = [c for c in carts if c.currency == currency]
