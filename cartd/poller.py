@@ -20,7 +20,7 @@ from cartd import payload
 from cartd.config import Config, parse_duration
 from cartd.sources import Fetched, Integration, IntegrationError, fetch
 from cartd.sources.model import MAX_TEXT, MAX_URL, Cart, clean, iso
-from cartd.store import AgentWork, NewDelivery, SourcePoll, SourceState, Store
+from cartd.store import DB_ERRORS, AgentWork, NewDelivery, SourcePoll, SourceState, Store
 
 log = structlog.get_logger("cartd.poller")
 
@@ -30,7 +30,8 @@ LIVE_SLACK = timedelta(seconds=5)  # an instance counts as polling this long pas
 CART_BATCH = 2000  # about this many carts are held in memory and recorded per transaction
 WRITERS = 2  # group transactions of a cycle in flight at once
 CURSOR_OVERLAP = timedelta(minutes=5)
-AGENT_LEASE_FLOOR = timedelta(seconds=30)
+AGENT_LEASE_FLOOR = timedelta(seconds=5)
+LEASE_RENEWALS = 3  # a running cycle renews its agents' lease this often per lease
 MAX_ABANDONED_AFTER = 3650 * 86400.0  # seconds; an agent's settings.abandoned_after
 
 
@@ -300,7 +301,8 @@ class Poller:
         started = time.monotonic()
         summary = CycleSummary(cycle_id=uuid.uuid4().hex[:12], started_at=iso(now))
         interval = timedelta(seconds=config.polling.interval)
-        # Long enough for a slow store's pages; a dead instance's agents return after it.
+        # Renewed while the cycle runs, so a slow store keeps its agents, and a dead
+        # instance's agents return once it runs out.
         lease = max(2 * interval, AGENT_LEASE_FLOOR)
         delivery_ids: list[str] = []
         await self.store.register_agents(config.polling.template_slug)
@@ -309,6 +311,7 @@ class Poller:
         claimed = 0
         claim = asyncio.create_task(self._claim(config, now, interval, lease, force, claimed))
         writing: deque[asyncio.Task[list[NewDelivery]]] = deque()
+        renewing = asyncio.create_task(self._keep_claims(lease))
         try:
             while agents := await claim:
                 claimed += len(agents)
@@ -319,13 +322,23 @@ class Poller:
                 delivery_ids += self._enqueued(await writing[0], summary)
                 writing.popleft()
         finally:
-            pending = [task for task in (claim, *writing) if not task.done()]
+            pending = [task for task in (claim, renewing, *writing) if not task.done()]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         summary.platforms_processed = len(summary.platforms)
         summary.duration_seconds = round(time.monotonic() - started, 3)
         return summary, delivery_ids
+
+    async def _keep_claims(self, lease: timedelta) -> None:
+        """Renew the lease of the agents this cycle holds, LEASE_RENEWALS times per lease,
+        until the cycle ends (their release ends it too)."""
+        while True:
+            await asyncio.sleep(lease.total_seconds() / LEASE_RENEWALS)
+            try:
+                await self.store.renew_agent_claims(self.instance_id, self.clock() + lease)
+            except DB_ERRORS as exc:  # the cycle's own statements report the database
+                log.debug("agent_claims_not_renewed", error=str(exc))
 
     async def _claim(self, config: Config, now: datetime, interval: timedelta,
                      lease: timedelta, force: bool, claimed: int) -> list[AgentWork]:

@@ -592,6 +592,14 @@ class Store:
         )
         return [_agent_work(r) for r in rows]
 
+    async def renew_agent_claims(self, instance: str, lease_until: datetime) -> None:
+        """Extend the lease of the agents `instance` holds (claimed, not yet released)."""
+        await self.pool.execute(
+            "UPDATE cartd.agent_polls SET lease_until = $2"
+            " WHERE claimed_by = $1 AND lease_until IS NOT NULL",
+            instance, lease_until,
+        )
+
     async def preview_agents(self, *, slug: str, agent_id: UUID | None,
                              integration_id: UUID | None) -> list[AgentWork]:
         """The agents a preview polls, read only (see _PREVIEW_AGENTS)."""

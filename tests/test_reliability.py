@@ -268,6 +268,33 @@ async def live_custom_agent(store: Store, url: str) -> None:
     await bad_agent(store, {}, "custom", {"mode": "live", "url": url})
 
 
+async def test_a_cycle_held_up_by_a_slow_store_keeps_its_agents_past_the_lease(store):
+    clock = Clock()
+    shop = CustomStore([custom_cart(n, "USD", clock.now) for n in range(3)])
+    shop.open.clear()
+    runner, url = await serve(shop.handle)
+    cfg = config(polling={"interval": "1s"})  # a lease of 5 s, renewed every 1.7 s
+
+    async def renewed() -> bool:
+        until = await store.pool.fetchval(
+            "SELECT min(lease_until) FROM cartd.agent_polls WHERE claimed_by = 'slow'")
+        return until is not None and until > clock.now
+
+    try:
+        await live_custom_agent(store, url)
+        slow = Poller(store, lambda: cfg, instance_id="slow", clock=clock)
+        cycle = asyncio.create_task(slow.run_cycle())
+        await wait_until(lambda: shop.requests > 0)
+        clock.advance(seconds=60)  # long past the lease the claim took
+        await wait_until(renewed)
+        other, _ = await Poller(store, lambda: cfg, instance_id="other", clock=clock).run_cycle()
+        shop.open.set()
+        first, _ = await cycle
+    finally:
+        await runner.cleanup()
+    assert (other.agents_found, first.agents_found, first.carts_new) == (0, 1, 3)
+
+
 async def test_a_currency_mix_gives_one_payload_per_currency_with_exact_totals(store):
     clock = Clock()
     shop = CustomStore([custom_cart(n, "USD" if n % 3 else "EUR", clock.now) for n in range(9)])
