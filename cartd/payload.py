@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from cartd.sources.model import Cart, minor_units, quantize
+from cartd.model import Cart, minor_units, quantize
 
 DETECTED = "abandoned_cart.detected"
 RECOVERED = "abandoned_cart.recovered"

@@ -18,8 +18,8 @@ import structlog
 
 from cartd import payload
 from cartd.config import Config, parse_duration
+from cartd.model import MAX_TEXT, MAX_URL, Cart, clean, iso
 from cartd.sources import Fetched, Integration, IntegrationError, fetch
-from cartd.sources.model import MAX_TEXT, MAX_URL, Cart, clean, iso
 from cartd.store import DB_ERRORS, AgentWork, NewDelivery, SourcePoll, SourceState, Store
 
 log = structlog.get_logger("cartd.poller")

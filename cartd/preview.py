@@ -12,8 +12,8 @@ import orjson
 
 from cartd import payload
 from cartd.config import Config
+from cartd.model import Cart
 from cartd.poller import Job, Poller, build_deliveries, fetch_job, plan
-from cartd.sources.model import Cart
 
 ALREADY_DELIVERED = "already delivered"
 

@@ -9,11 +9,12 @@ from typing import Any
 from uuid import UUID
 
 from cartd.config import Config
+from cartd.model import Cart
 from cartd.sources import http, shopify_admin
+from cartd.sources.errors import IntegrationError
 from cartd.sources.http import Budget
 from cartd.sources.live import fetch_live
 from cartd.sources.mock import mock_carts
-from cartd.sources.model import Cart, IntegrationError
 
 __all__ = ["PLATFORMS", "Budget", "Fetched", "Integration", "IntegrationError", "close", "fetch"]
 
