@@ -15,7 +15,7 @@ import asyncpg
 from cartd import __version__, embedded, logs
 from cartd.config import Config, ConfigError, control_socket, load, resolve_path
 from cartd.control import SocketInUse
-from cartd.store import DB_ERRORS, Store, problem
+from cartd.db import DB_ERRORS, Store, problem
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -165,7 +165,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     config, _ = _load(args)
 
     async def work(store: Store) -> list[str]:
-        return await store.migrate(app_tables=args.app_tables)
+        return await store.maintenance.migrate(app_tables=args.app_tables)
 
     applied = asyncio.run(_with_store(config, work))
     print("applied: " + ", ".join(applied) if applied else "up to date")

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from aiohttp import web
 
-from cartd.store import DB_ERRORS, problem
+from cartd.db import DB_ERRORS, problem
 
 if TYPE_CHECKING:
     from cartd.daemon import Daemon
@@ -153,7 +153,7 @@ def _delivery_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
             limit = parse_limit(request.query.get("limit"))
         except ValueError as exc:
             return error(str(exc))
-        return reply(await daemon.store.list_deliveries(status_filter, limit))
+        return reply(await daemon.store.deliveries.recent(status_filter, limit))
 
     @routes.post("/deliveries/replay")
     async def replay_many(request: web.Request) -> web.Response:
@@ -163,7 +163,7 @@ def _delivery_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
             since = parse_since(request.query.get("since"))
         except ValueError as exc:
             return error(str(exc))
-        count = await daemon.store.replay_dead(since, daemon.clock())
+        count = await daemon.store.deliveries.replay_dead(since, daemon.clock())
         await daemon.settle_outbox()  # rebuilt before they go: completed carts leave them
         daemon.wake_deliveries()
         return reply({"replayed": count})
@@ -171,7 +171,7 @@ def _delivery_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
     @routes.post("/deliveries/{id}/replay")
     async def replay_one(request: web.Request) -> web.Response:
         delivery_id = request.match_info["id"]
-        before = await daemon.store.replay(delivery_id, daemon.clock())
+        before = await daemon.store.deliveries.replay(delivery_id, daemon.clock())
         if before is None:
             return error(f"no delivery {delivery_id}", 404)
         if before == "withdrawn":
@@ -203,7 +203,7 @@ def _operator_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
         except ValueError as exc:
             return error(str(exc))
         config = daemon.config()
-        rows = await daemon.store.integrations(
+        rows = await daemon.store.agents.integrations(
             slug=config.polling.template_slug, failing=failing == "true", limit=limit)
         for row in rows:  # never polled, no mode in its config: the default one
             row["mode"] = row["mode"] or config.platforms.default_mode

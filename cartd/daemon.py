@@ -20,11 +20,11 @@ from aiohttp import web
 
 from cartd import __version__, control, embedded, logs, notify, outbox, preview, sources
 from cartd.config import Config, ConfigError, load
+from cartd.db import DB_ERRORS, Claimed, DatabaseProblem, Store, problem
 from cartd.delivery import Attempt, Deliverer
 from cartd.metrics import Metrics
 from cartd.poller import CycleSummary, Poller
 from cartd.sources import PLATFORMS
-from cartd.store import DB_ERRORS, Claimed, DatabaseProblem, Store, problem
 
 log = structlog.get_logger("cartd.daemon")
 
@@ -146,7 +146,6 @@ class Daemon:
         self._poll_wake = asyncio.Event()
         self._poll_now = False
         self._background: set[asyncio.Task[Any]] = set()
-        self._dsn = ""
         self._cycle_lock = asyncio.Lock()
         self._gauges_due = 0.0  # monotonic time of the next integration gauges refresh
         self.store: Store | None = None
@@ -215,7 +214,6 @@ class Daemon:
         dsn = config.database.dsn
         if not dsn:
             dsn, self._embedded = await asyncio.to_thread(embedded.start, config.state_dir)
-        self._dsn = dsn
         sizes = (config.database.min_connections, config.database.max_connections)
         pooler = config.database.pooler
         try:
@@ -262,7 +260,7 @@ class Daemon:
     async def _database_up(self) -> None:
         """Migrate and prepare, once, when the database answers."""
         if not self.migrated:
-            applied = await self.store.migrate()
+            applied = await self.store.maintenance.migrate()
             self.migrated = True
             if applied:
                 log.info("migrations_applied", migrations=applied)
@@ -281,7 +279,7 @@ class Daemon:
                 await self.store.ping()
                 await self._database_up()
                 await self.settle_outbox()
-                counts = await self.store.delivery_counts()
+                counts = await self.store.deliveries.counts()
                 self.metrics.deliveries_pending.set(counts["pending"])
                 self.metrics.deliveries_dead.set(counts["dead"])
                 if time.monotonic() >= self._gauges_due:
@@ -309,7 +307,7 @@ class Daemon:
     async def _refresh_health_gauges(self) -> None:
         """The integration health gauges, from the database: several instances agree."""
         self._gauges_due = time.monotonic() + GAUGES_EVERY
-        health = await self.store.integration_health(
+        health = await self.store.agents.health(
             slug=self._config.polling.template_slug, now=self.clock(), platforms=PLATFORMS)
         for platform in PLATFORMS:
             failing, age = health.get(platform, (0, 0.0))
@@ -345,7 +343,7 @@ class Daemon:
             config, now = self._config, self.clock()
             keep = timedelta(seconds=config.retention)
             try:
-                deliveries, carts = await self.store.purge(
+                deliveries, carts = await self.store.maintenance.purge(
                     payloads_before=now - keep,
                     carts_before=now - max(keep, timedelta(seconds=config.carts.max_age)))
             except DB_ERRORS as exc:
@@ -408,7 +406,7 @@ class Daemon:
             self.wake_deliveries()
             deadline = time.monotonic() + max(RUN_ONCE_WAIT, 2 * self._config.webhook.timeout)
             while True:
-                states = await self.store.attempt_states(ids)
+                states = await self.store.deliveries.attempt_states(ids)
                 if not states["unattempted"] or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.05)
@@ -514,7 +512,7 @@ class Daemon:
                 log.warning("config_needs_restart", key=".".join(key))
                 new = _keep(new, old, key)
         if _pool_settings(new) != _pool_settings(old):
-            await self._replace_pool(new)
+            await self.store.reconnect(*_pool_settings(new))
         logs.configure(new.logging.level, new.logging.format)
         self._config = new
         self.config_error = None
@@ -527,23 +525,11 @@ class Daemon:
         notify.notify("READY=1", "STATUS=config reloaded")
         return None
 
-    async def _replace_pool(self, new: Config) -> None:
-        """Swap in a pool of the new size or pooler mode; the old one closes once its work
-        is done."""
-        old_pool = self.store.pool
-        fresh = await Store.connect(self._dsn, new.database.min_connections,
-                                    new.database.max_connections, lazy=True,
-                                    pooler=new.database.pooler)
-        self.store.pool = fresh.pool
-        task = asyncio.create_task(old_pool.close())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def status(self) -> dict[str, Any]:
         deliveries = None
         if self.database.reachable:
             try:
-                deliveries = await self.store.delivery_counts()
+                deliveries = await self.store.deliveries.counts()
             except DB_ERRORS as exc:
                 self.database.failed("status", exc)
             else:

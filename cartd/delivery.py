@@ -19,8 +19,8 @@ import structlog
 
 from cartd import __version__
 from cartd.config import Config
+from cartd.db import DB_ERRORS, Claimed, Outcome, Store
 from cartd.signing import Signer
-from cartd.store import DB_ERRORS, Claimed, Outcome, Store
 
 log = structlog.get_logger("cartd.delivery")
 
@@ -177,7 +177,7 @@ class OutcomeWriter:
             batch, self._queue = self._queue, []
             while True:
                 try:
-                    written = await self.store.record_outcomes(batch, self.instance_id)
+                    written = await self.store.deliveries.record_outcomes(batch, self.instance_id)
                     break
                 except DB_ERRORS as exc:
                     log.warning("delivery_outcomes_not_recorded", count=len(batch),
@@ -321,7 +321,7 @@ class Deliverer:
                     if self._full(dest, now, cap, ahead=free <= 0, concurrency=concurrency)
                     for url in urls]
             try:
-                claimed = await self.store.claim_deliveries(
+                claimed = await self.store.deliveries.claim(
                     instance=self.instance_id, now=now, lease=lease, limit=limit,
                     default_url=config.webhook.url, exclude=full,
                     max_age=timedelta(seconds=config.webhook.max_delivery_age),
@@ -402,7 +402,7 @@ class Deliverer:
 
     async def _unclaim(self, ids: list[str]) -> None:
         try:
-            await self.store.unclaim(self.instance_id, ids)
+            await self.store.deliveries.unclaim(self.instance_id, ids)
         except DB_ERRORS as exc:
             log.debug("delivery_unclaim_failed", error=str(exc))  # their lease runs out
 

@@ -18,9 +18,9 @@ import structlog
 
 from cartd import payload
 from cartd.config import Config, parse_duration
+from cartd.db import DB_ERRORS, AgentWork, NewDelivery, SourcePoll, SourceState, Store
 from cartd.model import MAX_TEXT, MAX_URL, Cart, clean, iso
 from cartd.sources import Fetched, Integration, IntegrationError, fetch
-from cartd.store import DB_ERRORS, AgentWork, NewDelivery, SourcePoll, SourceState, Store
 
 log = structlog.get_logger("cartd.poller")
 
@@ -256,7 +256,7 @@ async def plan(store: Store, agents: list[Any], config: Config,
                 continue
             taken.add(integration.id)
             candidates.append((agent, rules, card, integration))
-    states = await store.source_states([i.id for *_, i in candidates])
+    states = await store.agents.source_states([i.id for *_, i in candidates])
     jobs = [Job(a, r, c, i, states.get(i.id, SourceState(None, None)))
             for a, r, c, i in candidates]
     return jobs, unpolled
@@ -305,7 +305,7 @@ class Poller:
         # instance's agents return once it runs out.
         lease = max(2 * interval, AGENT_LEASE_FLOOR)
         delivery_ids: list[str] = []
-        await self.store.register_agents(config.polling.template_slug)
+        await self.store.agents.register(config.polling.template_slug)
         # The next claim and up to WRITERS transactions run while a batch is fetched and
         # sifted: the database and this process work side by side.
         claimed = 0
@@ -336,7 +336,7 @@ class Poller:
         while True:
             await asyncio.sleep(lease.total_seconds() / LEASE_RENEWALS)
             try:
-                await self.store.renew_agent_claims(self.instance_id, self.clock() + lease)
+                await self.store.agents.renew(self.instance_id, self.clock() + lease)
             except DB_ERRORS as exc:  # the cycle's own statements report the database
                 log.debug("agent_claims_not_renewed", error=str(exc))
 
@@ -346,7 +346,7 @@ class Poller:
         limit = BATCH if force else await self._claim_size(config, now, interval, claimed)
         if not limit:
             return []
-        return await self.store.claim_agents(
+        return await self.store.agents.claim(
             slug=config.polling.template_slug, instance=self.instance_id, now=now,
             interval=interval, lease=lease, limit=limit, force=force,
         )
@@ -356,7 +356,7 @@ class Poller:
         """How many agents to claim next: several instances split the agents evenly (a
         share is asked for before every claim, so instances that start or stop are seen
         within one cycle). Agents beyond the shares wait for the next claim of anyone."""
-        share = await self.store.poll_share(
+        share = await self.store.agents.poll_share(
             slug=config.polling.template_slug, instance=self.instance_id, now=now,
             live_until=now + 2 * interval + LIVE_SLACK,
         )
@@ -364,7 +364,7 @@ class Poller:
 
     async def leave(self) -> None:
         """Polling stops here: the other instances take this one's share."""
-        await self.store.leave_polling(self.instance_id)
+        await self.store.agents.leave(self.instance_id)
 
     async def _batch(self, agents: list[Any], config: Config, now: datetime,
                      summary: CycleSummary,
@@ -488,9 +488,9 @@ class Poller:
                                             hold_for=detected_id)
             return out
 
-        keys = await self.store.subject_keys()
+        keys = await self.store.subjects.keys()
         email, customer = keys.email, keys.customer
-        return await self.store.record(
+        return await self.store.outbox.record(
             now=now,
             detected=[(j.integration.id, c.cart_id, email(c.customer.email),
                        customer(c.customer.id)) for j in done for c in j.keep],

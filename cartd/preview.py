@@ -24,7 +24,7 @@ async def preview(poller: Poller, *, agent_id: UUID | None, integration_id: UUID
     return, per integration, the carts kept and those filtered out with the reason, and
     the payloads a cycle would send; at most `limit` carts are listed per list."""
     config, now, store = poller.config(), poller.clock(), poller.store
-    agents = await store.preview_agents(slug=config.polling.template_slug, agent_id=agent_id,
+    agents = await store.agents.preview(slug=config.polling.template_slug, agent_id=agent_id,
                                         integration_id=integration_id)
     jobs, unpolled = await plan(store, agents, config)
     gate = asyncio.Semaphore(config.polling.source_concurrency)
@@ -36,7 +36,7 @@ async def preview(poller: Poller, *, agent_id: UUID | None, integration_id: UUID
 
     errors = await asyncio.gather(*(fetch_one(job) for job in jobs))
     reasons = {id(job): _reasons(job, now) for job in jobs if job.fetched is not None}
-    known = await store.known_carts([(job.integration.id, cart.cart_id) for job in jobs
+    known = await store.outbox.known_carts([(job.integration.id, cart.cart_id) for job in jobs
                                      for cart, why in reasons.get(id(job), ()) if why is None])
     results = [_integration(job, error, reasons.get(id(job), []), known, config, now, limit)
                for job, error in zip(jobs, errors, strict=True)]

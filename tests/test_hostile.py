@@ -16,8 +16,8 @@ import structlog
 from aiohttp import web
 
 from cartd.daemon import Daemon
+from cartd.db import AgentWork
 from cartd.poller import Poller, agent_card, plan
-from cartd.store import AgentWork
 from helpers import Clock, config, scripted_receiver, serving, wait_until
 from test_reliability import bad_agent, custom_cart
 
@@ -248,7 +248,7 @@ async def test_an_unexpected_exception_fails_that_cycle_and_the_next_one_runs(st
     daemon.store = store
     daemon.database.succeeded("cycle")  # connected
     daemon.poller = Poller(store, daemon.config, instance_id="d", clock=Clock())
-    real = store.source_states
+    real = store.agents.source_states
     faults = [RuntimeError("a bug")]
 
     async def source_states(ids):
@@ -256,7 +256,7 @@ async def test_an_unexpected_exception_fails_that_cycle_and_the_next_one_runs(st
             raise faults.pop()
         return await real(ids)
 
-    store.source_states = source_states
+    store.agents.source_states = source_states
     await bad_agent(store, {}, "custom", {"mode": "mock"})
     with structlog.testing.capture_logs() as logs:
         assert await daemon.run_cycle() is None

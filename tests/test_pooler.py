@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import pgbouncer
-from cartd.store import Store
+from cartd.db import Store
 from helpers import ROOT, add_agents, scripted_receiver, wait_until
 from test_operations import cartd_run, metric
 
@@ -91,5 +91,5 @@ async def _cycles_with_deliveries(store: Store, n: int) -> bool:
 
 
 async def _all_delivered(store: Store) -> bool:
-    counts = await store.delivery_counts()
+    counts = await store.deliveries.counts()
     return counts["pending"] == 0 and counts["delivered"] > 0
