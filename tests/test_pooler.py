@@ -75,7 +75,7 @@ async def test_migrate_seed_and_several_cycles_with_deliveries_through_pgbouncer
             code, listed = await daemon.actl("deliveries", "--status", "delivered")
             errors = metric(await daemon.scrape(), 'cartd_poll_cycles_total{outcome="error"}')
             assert await daemon.terminate() == 0
-        counts = await direct.delivery_counts()
+        counts = await direct.deliveries.counts()
         await direct.close()
     log = daemon.log.read_text()
     assert "prepared statement" not in log and errors == 0, log[-2000:]
