@@ -20,7 +20,7 @@ from cartd import payload
 from cartd.config import Config, parse_duration
 from cartd.db import DB_ERRORS, AgentWork, NewDelivery, SourcePoll, SourceState, Store
 from cartd.model import MAX_TEXT, MAX_URL, Cart, clean, iso
-from cartd.sources import Fetched, Integration, IntegrationError, fetch
+from cartd.sources import Fetched, Integration, IntegrationError, fetch, mock_stores
 
 log = structlog.get_logger("cartd.poller")
 
@@ -193,8 +193,8 @@ class Job:
     card: AgentCard
     integration: Integration
     state: SourceState
+    opened_at: datetime | None = None  # a mock store's (cartd.sources.mock_stores)
     fetched: Fetched | None = None
-    mock_epoch: datetime | None = None
     through: datetime | None = None
     read_at: datetime | None = None
     resume: dict[str, Any] | None = None
@@ -209,7 +209,7 @@ async def fetch_job(job: Job, config: Config, now: datetime) -> Exception | None
     since = job.state.cursor - CURSOR_OVERLAP if job.state.cursor else None
     try:
         job.fetched = await fetch(job.integration, config=config, since=since,
-                                  mock_epoch=job.state.mock_epoch, now=now,
+                                  opened_at=job.opened_at, now=now,
                                   resume=job.state.resume)
     except Exception as exc:
         return exc
@@ -226,11 +226,14 @@ async def fetch_job(job: Job, config: Config, now: datetime) -> Exception | None
 
 
 async def plan(store: Store, agents: list[Any], config: Config,
-               taken: set[Any] | None = None) -> tuple[list[Job], list[SourcePoll]]:
+               taken: set[Any] | None = None, *, opening: datetime | None = None,
+               ) -> tuple[list[Job], list[SourcePoll]]:
     """The jobs of these agents' integrations (with their cursors), and the failed polls
     of those that cannot even be fetched (bad agent rows or settings, bad integration
     config); a bad agent or integration fails alone. An integration in `taken` (polled
-    before in this cycle: a view may list it twice) is skipped, and the others are added."""
+    before in this cycle: a view may list it twice) is skipped, and the others are added.
+    A cycle polls `opening` (now): a mock store polled for the first time opens then;
+    without it (a preview) nothing is written."""
     taken = set() if taken is None else taken
     candidates: list[tuple[Any, Rules, AgentCard, Integration]] = []
     unpolled: list[SourcePoll] = []
@@ -257,7 +260,10 @@ async def plan(store: Store, agents: list[Any], config: Config,
             taken.add(integration.id)
             candidates.append((agent, rules, card, integration))
     states = await store.agents.source_states([i.id for *_, i in candidates])
-    jobs = [Job(a, r, c, i, states.get(i.id, SourceState(None, None)))
+    mocks = [i.id for *_, i in candidates if i.mode == "mock"]
+    opened = await (mock_stores.known(store, mocks) if opening is None
+                    else mock_stores.opened(store, mocks, opening))
+    jobs = [Job(a, r, c, i, states.get(i.id, SourceState(None)), opened.get(i.id))
             for a, r, c, i in candidates]
     return jobs, unpolled
 
@@ -375,7 +381,7 @@ class Poller:
         `writing` while the next groups are fetched, WRITERS at most; the batch's last one
         releases the agents. Returns the ids of the deliveries whose transaction ended."""
         summary.agents_found += len(agents)
-        planned, unpolled = await plan(self.store, agents, config, summary.taken)
+        planned, unpolled = await plan(self.store, agents, config, summary.taken, opening=now)
         jobs = deque(planned)
         failures: list[SourcePoll] = []  # recorded with the next group, for their health
         for failure in unpolled:
@@ -446,7 +452,7 @@ class Poller:
         carts it still holds. Counts the integration once its carts are sifted."""
         assert job.fetched is not None
         fetched, job.fetched = job.fetched, None
-        carts, job.mock_epoch, job.resume = fetched.carts, fetched.mock_epoch, fetched.resume
+        carts, job.resume = fetched.carts, fetched.resume
         job.through, job.read_at = fetched.through, fetched.read_at
         drop_reason = job.rules.drop_reason
         job.keep = [c for c in carts if drop_reason(c, now) is None]
@@ -497,8 +503,7 @@ class Poller:
             completed=[(j.integration.id, c.cart_id) for j in done for c in j.completed],
             build=build,
             sources=[SourcePoll(j.integration.id, j.agent.id, j.integration.platform,
-                                j.integration.mode, self._next_cursor(j), j.mock_epoch,
-                                j.resume)
+                                j.integration.mode, self._next_cursor(j), j.resume)
                      for j in done] + [f for f in failures if f.integration_id is not None],
             agents=agents,
             instance=self.instance_id,

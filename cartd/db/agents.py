@@ -29,7 +29,6 @@ class AgentWork:
 @dataclass(frozen=True, slots=True)
 class SourceState:
     cursor: datetime | None
-    mock_epoch: datetime | None
     resume: dict[str, Any] | None = None
 
 
@@ -41,7 +40,6 @@ class SourcePoll(NamedTuple):
     platform: str
     mode: str | None
     cursor: datetime | None = None
-    mock_epoch: datetime | None = None
     resume: dict[str, Any] | None = None  # where a read that stopped goes on
     error: str | None = None
 
@@ -102,7 +100,7 @@ class Agents:
 
     async def source_states(self, integration_ids: list[UUID]) -> dict[UUID, SourceState]:
         rows = await SQL["source_states"].fetch(self.db.pool, integration_ids=integration_ids)
-        return {r["integration_id"]: SourceState(r["cursor"], r["mock_epoch"], r["resume"])
+        return {r["integration_id"]: SourceState(r["cursor"], r["resume"])
                 for r in rows}
 
     async def integrations(self, *, slug: str, failing: bool, limit: int) -> list[dict[str, Any]]:

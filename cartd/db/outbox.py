@@ -144,10 +144,10 @@ async def _completions(
 
 
 async def _write_polls(conn: asyncpg.Connection, sources: list[SourcePoll], now: datetime) -> None:
-    ids, agents, platforms, modes, cursors, epochs, resumes, errors = columns(sources, 8)
+    ids, agents, platforms, modes, cursors, resumes, errors = columns(sources, 7)
     await SQL["sources_polled"].execute(
         conn, integration_ids=ids, agent_ids=agents, platforms=platforms, modes=modes,
-        cursors=cursors, mock_epochs=epochs, resumes=resumes, errors=errors, now=now)
+        cursors=cursors, resumes=resumes, errors=errors, now=now)
 
 
 class Outbox:

@@ -103,7 +103,7 @@ SELECT ceil((SELECT count(*) FROM company_agents
 DELETE FROM cartd.instances WHERE id = :instance
 
 -- name: source_states
-SELECT integration_id, cursor, mock_epoch, resume FROM cartd.sources
+SELECT integration_id, cursor, resume FROM cartd.sources
 WHERE integration_id = ANY(:integration_ids)
 
 -- name: integrations

@@ -48,20 +48,19 @@ SELECT id, status FROM cartd.deliveries WHERE id = ANY(:delivery_ids)
 -- name: sources_polled
 -- The health of each integration with its cursor; a failed poll (:errors not null)
 -- keeps the cursor.
-INSERT INTO cartd.sources AS s (integration_id, agent_id, platform, mode, cursor, mock_epoch,
-    resume, updated_at, last_polled_at, last_success_at, consecutive_failures, failing_since,
+INSERT INTO cartd.sources AS s (integration_id, agent_id, platform, mode, cursor, resume,
+    updated_at, last_polled_at, last_success_at, consecutive_failures, failing_since,
     last_error)
-SELECT i, a, p, m, c, e, r, :now::timestamptz, :now, CASE WHEN err IS NULL THEN :now END,
+SELECT i, a, p, m, c, r, :now::timestamptz, :now, CASE WHEN err IS NULL THEN :now END,
        (err IS NOT NULL)::int, CASE WHEN err IS NOT NULL THEN :now END, err
 FROM unnest(:integration_ids::uuid[], :agent_ids::uuid[], :platforms::text[], :modes::text[],
-            :cursors::timestamptz[], :mock_epochs::timestamptz[], :resumes::jsonb[],
-            :errors::text[]) AS t(i, a, p, m, c, e, r, err)
+            :cursors::timestamptz[], :resumes::jsonb[], :errors::text[])
+     AS t(i, a, p, m, c, r, err)
 ON CONFLICT (integration_id) DO UPDATE SET
     agent_id = EXCLUDED.agent_id, platform = EXCLUDED.platform,
     mode = COALESCE(EXCLUDED.mode, s.mode),
     cursor = CASE WHEN EXCLUDED.last_error IS NULL THEN EXCLUDED.cursor ELSE s.cursor END,
     resume = CASE WHEN EXCLUDED.last_error IS NULL THEN EXCLUDED.resume ELSE s.resume END,
-    mock_epoch = COALESCE(s.mock_epoch, EXCLUDED.mock_epoch),
     updated_at = EXCLUDED.updated_at,
     last_polled_at = EXCLUDED.last_polled_at,
     last_success_at = COALESCE(EXCLUDED.last_success_at, s.last_success_at),
