@@ -561,7 +561,7 @@ async def cycles_child(dsn: str, agents: int, profile: bool, sink_url: str,
                        pooler: str) -> dict[str, Any]:
     """The cycles of (b), in a fresh process (the parent has seeded the database)."""
     from cartd.daemon import tune_gc
-    from cartd.poller import Poller
+    from cartd.polling import Poller
     from cartd.db import Store
 
     quiet_logs()
@@ -700,7 +700,7 @@ async def short_cycles_child(dsn: str, url: str, agents: int, count: int) -> dic
 
     from cartd.daemon import tune_gc
     from cartd.delivery import Deliverer
-    from cartd.poller import Poller
+    from cartd.polling import Poller
     from cartd.db import Store
 
     quiet_logs()

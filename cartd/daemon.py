@@ -20,10 +20,12 @@ from aiohttp import web
 
 from cartd import __version__, control, embedded, logs, notify, outbox, preview, sources
 from cartd.config import Config, ConfigError, load
-from cartd.db import DB_ERRORS, Claimed, DatabaseProblem, Store, problem
+from cartd.cycle import CycleSummary
+from cartd.db import DB_ERRORS, Claimed, DatabaseHealth, Store
 from cartd.delivery import Attempt, Deliverer
 from cartd.metrics import Metrics
-from cartd.poller import CycleSummary, Poller
+from cartd.polling import Poller, PollLoop
+from cartd.services import Stopping
 from cartd.sources import PLATFORMS
 
 log = structlog.get_logger("cartd.daemon")
@@ -70,50 +72,6 @@ def _keep(new: Config, old: Config, key: tuple[str, ...]) -> Config:
     return new.model_copy(update={key[0]: section})
 
 
-class DatabaseHealth:
-    """The daemon's view of its database: not connected yet, ok, or the problems that the
-    last call of each activity (cycle, health, retention...) ran into. Not being able to
-    reach it is one problem for all activities; any success proves it reachable again."""
-
-    CONNECTION = "connection"
-
-    def __init__(self) -> None:
-        self.connected = False
-        self.problems: dict[str, DatabaseProblem] = {}
-
-    @property
-    def reachable(self) -> bool:
-        return self.connected and self.CONNECTION not in self.problems
-
-    def text(self) -> str:
-        """`ok`, or what is wrong (as /status shows it)."""
-        if self.CONNECTION in self.problems:
-            return str(self.problems[self.CONNECTION])
-        if not self.connected:
-            return "not connected yet"
-        return str(next(iter(self.problems.values()))) if self.problems else "ok"
-
-    def failed(self, activity: str, exc: BaseException) -> DatabaseProblem:
-        """Record what `activity` ran into; logged once, until it changes."""
-        found = problem(exc)
-        key = self.CONNECTION if found.kind == "unavailable" else activity
-        if self.problems.get(key) != found:
-            log.error(found.event, error=str(found), activity=activity)
-            notify.notify(f"STATUS=database {found}")
-        self.problems[key] = found
-        return found
-
-    def succeeded(self, activity: str) -> bool:
-        """Clear what `activity` ran into; True when the database became reachable."""
-        was_reachable = self.reachable
-        if self.CONNECTION in self.problems:
-            log.info("database_recovered")
-        self.connected = True
-        self.problems.pop(self.CONNECTION, None)
-        self.problems.pop(activity, None)
-        return not was_reachable
-
-
 class Daemon:
     def __init__(
         self,
@@ -135,21 +93,14 @@ class Daemon:
         self.started_at = clock()
         self.config_loaded_at = self.started_at
         self.config_error: str | None = None
-        self.database = DatabaseHealth()
+        self.database = DatabaseHealth(on_reachable=self.wake_deliveries)
         self.migrated = not config.database.migrate
-        self.polling_enabled = config.polling.enabled
-        self.cycles = 0
-        self.last_cycle: dict[str, Any] | None = None
-        self.cycle_error: str | None = None  # why the last cycle failed, if it did
         self.metrics = Metrics()
-        self.stopping = asyncio.Event()
-        self._poll_wake = asyncio.Event()
-        self._poll_now = False
+        self.stopping = Stopping()
         self._background: set[asyncio.Task[Any]] = set()
-        self._cycle_lock = asyncio.Lock()
         self._gauges_due = 0.0  # monotonic time of the next integration gauges refresh
         self.store: Store | None = None
-        self.poller: Poller | None = None
+        self.polling: PollLoop | None = None
         self.deliverer: Deliverer | None = None
         self._embedded: Any = None
         self._runners: list[web.AppRunner] = []
@@ -172,18 +123,22 @@ class Daemon:
             self.deliverer = Deliverer(self.store, self.config, instance_id=self.instance_id,
                                        clock=self.clock, on_outcome=self._count_attempt,
                                        on_breakers=self.metrics.breaker_open.set)
-            self.poller = Poller(self.store, self.config, instance_id=self.instance_id,
-                                 clock=self.clock, on_enqueued=lambda _: self.deliverer.wake())
+            poller = Poller(self.store, self.config, instance_id=self.instance_id,
+                            clock=self.clock, on_enqueued=lambda _: self.wake_deliveries())
+            self.polling = PollLoop(
+                poller, database=self.database, metrics=self.metrics,
+                enabled=self._config.polling.enabled, ready=self._database_up,
+                settle=self._after_cycle, on_cycle=self.on_cycle,
+                wake_deliveries=self.wake_deliveries)
             await self._start_servers()
-            self.metrics.polling_enabled.set(int(self.polling_enabled))
             log.info("started", instance_id=self.instance_id, version=__version__,
                      interval_seconds=self._config.polling.interval,
-                     polling=self.polling_enabled, control_socket=str(self._socket))
+                     polling=self.polling.enabled, control_socket=str(self._socket))
             notify.notify("READY=1", "STATUS=started, waiting for the first cycle")
             if self.stopping.is_set():
                 self.deliverer.stop()
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._poll_loop())
+                tasks.create_task(self.polling.run(self.stopping))
                 tasks.create_task(self.deliverer.run())
                 tasks.create_task(self._health_loop())
                 tasks.create_task(self._retention_loop())
@@ -204,8 +159,7 @@ class Daemon:
         if not self.stopping.is_set():
             log.info("stopping")
             notify.notify("STOPPING=1")
-            self.stopping.set()
-            self._poll_wake.set()
+            self.stopping.set(self._config.shutdown_timeout)
             if self.deliverer is not None:
                 self.deliverer.stop()
 
@@ -227,7 +181,7 @@ class Daemon:
         except DB_ERRORS as exc:  # the health loop tries again
             self.database.failed("health", exc)
         else:
-            self._database_ok("health")
+            self.database.succeeded("health")
 
     async def _start_servers(self) -> None:
         config = self._config
@@ -268,9 +222,6 @@ class Daemon:
             await self.prepare(self.store)
             self.prepare = None
 
-    def _database_ok(self, activity: str) -> None:
-        if self.database.succeeded(activity):
-            self.wake_deliveries()  # what waited for the database goes now
 
     async def _health_loop(self) -> None:
         """Watch the database, migrate once it is there, refresh the delivery gauges."""
@@ -287,11 +238,8 @@ class Daemon:
             except DB_ERRORS as exc:
                 self.database.failed("health", exc)
             else:
-                self._database_ok("health")
-            try:
-                await asyncio.wait_for(self.stopping.wait(), HEALTH_EVERY)
-            except TimeoutError:
-                pass
+                self.database.succeeded("health")
+            await self.stopping.sleep(HEALTH_EVERY)
 
     async def settle_outbox(self) -> None:
         """Expire old detected deliveries, rebuild the stale ones no attempt holds (README
@@ -316,8 +264,7 @@ class Daemon:
 
     async def preview(self, agent_id: Any, integration_id: Any, limit: int) -> dict[str, Any]:
         """What a cycle would deliver now, recorded nowhere (README "Previewing a store")."""
-        assert self.poller is not None
-        return await preview.preview(self.poller, agent_id=agent_id,
+        return await preview.preview(self.store, self._config, self.clock(), agent_id=agent_id,
                                      integration_id=integration_id, limit=limit)
 
     async def forget(self, **person: Any) -> dict[str, int]:
@@ -332,12 +279,7 @@ class Daemon:
         (kept for the longer of `retention` and `carts.max_age`, so a cart still young
         enough to be found again is never sent twice)."""
         delay = HEALTH_EVERY
-        while not self.stopping.is_set():
-            try:
-                await asyncio.wait_for(self.stopping.wait(), delay)
-                return
-            except TimeoutError:
-                pass
+        while not await self.stopping.sleep(delay):
             if not self.database.reachable:
                 continue
             config, now = self._config, self.clock()
@@ -349,148 +291,54 @@ class Daemon:
             except DB_ERRORS as exc:
                 self.database.failed("retention", exc)
                 continue
-            self._database_ok("retention")
+            self.database.succeeded("retention")
             delay = RETENTION_EVERY
             if deliveries or carts:
                 log.info("retention_purged", deliveries=deliveries, sent_carts=carts)
 
     # --- polling ------------------------------------------------------------
 
-    async def run_cycle(self, *, force: bool = False) -> tuple[CycleSummary, list[str]] | None:
-        """One cycle, logged and counted; None when it failed (the database, say, or an
-        unexpected exception: logged with its traceback, and the next cycle runs)."""
-        assert self.poller is not None
-        started = time.monotonic()
-        async with self._cycle_lock:
-            try:
-                if not self.database.reachable:
-                    await self.store.ping()
-                    await self._database_up()
-                summary, ids = await self.poller.run_cycle(force=force)
-            except DB_ERRORS as exc:
-                found = self.database.failed("cycle", exc)
-                self.cycle_error = f"database: {found}"
-                log.error("cycle_failed", error=str(found))
-                self._count_failed_cycle(started)
-                return None
-            except Exception as exc:
-                self.cycle_error = f"cycle failed: {type(exc).__name__}: {exc}"[:300]
-                log.error("cycle_failed", error=self.cycle_error, exc_info=True)
-                self._count_failed_cycle(started)
-                return None
-        self.cycle_error = None
-        self._database_ok("cycle")
-        self.cycles += 1
-        self.last_cycle = summary.as_dict()
-        self._count_cycle(summary, time.monotonic() - started)
-        log.info("cycle_finished", **self.last_cycle)
-        notify.notify(f"STATUS=cycle {self.cycles}: {summary.agents_found} agents,"
-                      f" {summary.carts_new} new carts, {summary.deliveries_enqueued} webhooks"
-                      f" queued, {summary.integration_errors} integration errors")
-        self.on_cycle(summary)
+    async def _after_cycle(self) -> None:
+        """What a cycle's completions made stale, and the health gauges."""
         try:
-            await self.settle_outbox()  # what the cycle's completions made stale
+            await self.settle_outbox()
             await self._refresh_health_gauges()
         except DB_ERRORS as exc:  # the health loop settles it next
             self.database.failed("health", exc)
-        return summary, ids
+
+    @property
+    def cycle_error(self) -> str | None:
+        return self.polling.error if self.polling else None
 
     async def run_once(self) -> dict[str, Any] | None:
         """Poll every matching agent now and wait for the first attempt of its deliveries."""
-        result = await self.run_cycle(force=True)
-        if result is None:
-            return None
-        summary, ids = result
-        states = {"unattempted": 0, "delivered": 0, "failed": 0}
-        if ids:
-            self.wake_deliveries()
-            deadline = time.monotonic() + max(RUN_ONCE_WAIT, 2 * self._config.webhook.timeout)
-            while True:
-                states = await self.store.deliveries.attempt_states(ids)
-                if not states["unattempted"] or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.05)
-        return {**summary.as_dict(), "deliveries_succeeded": states["delivered"],
-                "deliveries_failed": states["failed"]}
+        assert self.polling is not None
+        return await self.polling.run_once()
 
     def start_polling(self, interval: float | None) -> None:
         if interval is not None:
             polling = self._config.polling.model_copy(update={"interval": interval})
             self._config = self._config.model_copy(update={"polling": polling})
-        self.polling_enabled = True
-        self._poll_now = True
-        self.metrics.polling_enabled.set(1)
-        log.info("polling_started", interval_seconds=self._config.polling.interval)
-        self._poll_wake.set()
+        assert self.polling is not None
+        self.polling.start()
 
     async def stop_polling(self) -> None:
-        self.polling_enabled = False
-        self.metrics.polling_enabled.set(0)
-        log.info("polling_stopped")
-        self._poll_wake.set()
-        if self.poller is not None:
-            try:
-                await self.poller.leave()
-            except DB_ERRORS:
-                pass  # its place in the shares runs out by itself
+        assert self.polling is not None
+        await self.polling.stop()
 
     def wake_deliveries(self) -> None:
         if self.deliverer is not None:
             self.deliverer.wake()
 
-    async def _poll_loop(self) -> None:
-        last_start: float | None = None
-        while not self.stopping.is_set():
-            due = time.monotonic()
-            if last_start is not None and not self._poll_now:
-                due = last_start + self._config.polling.interval
-            if self.polling_enabled and time.monotonic() >= due:
-                self._poll_now = False
-                last_start = time.monotonic()
-                await self.run_cycle()
-                continue
-            self._poll_wake.clear()
-            try:
-                await asyncio.wait_for(self._poll_wake.wait(),
-                                       due - time.monotonic() if self.polling_enabled else None)
-            except TimeoutError:
-                pass
-
     async def _watchdog(self, interval: float) -> None:
-        while not self.stopping.is_set():
+        notify.notify("WATCHDOG=1")
+        while not await self.stopping.sleep(interval):
             notify.notify("WATCHDOG=1")
-            try:
-                await asyncio.wait_for(self.stopping.wait(), interval)
-            except TimeoutError:
-                pass
 
     # --- metrics ------------------------------------------------------------
 
-    def _count_failed_cycle(self, started: float) -> None:
-        self.metrics.poll_cycles.labels("error").inc()
-        self.metrics.cycle_duration.observe(time.monotonic() - started)
-
-    def _count_cycle(self, summary: CycleSummary, seconds: float) -> None:
-        m = self.metrics
-        m.poll_cycles.labels("ok").inc()
-        m.cycle_duration.observe(seconds)
-        m.last_success.set(time.time())
-        m.agents_found.set(summary.agents_found)
-        for (platform, outcome), n in summary.polls.items():
-            if platform in PLATFORMS:  # an unknown platform would be an unbounded label
-                m.integration_polls.labels(platform, outcome).inc(n)
-        for platform, n in summary.new_by_platform.items():
-            m.carts_detected.labels(platform).inc(n)
-        for platform, n in summary.recovered_by_platform.items():
-            m.carts_recovered.labels(platform).inc(n)
-        for (platform, currency), value in summary.value_by.items():
-            m.carts_value.labels(platform, currency).inc(float(value))
-
     def _count_attempt(self, row: Claimed, attempt: Attempt, status: str) -> None:
-        self.metrics.attempts_by_result[attempt.result].inc()
-        self.metrics.attempt_duration.observe(attempt.seconds)
-        outcome = status if status in ("delivered", "dead") else "retried"
-        self.metrics.deliveries_by_outcome[outcome].inc()
+        self.metrics.count_attempt(attempt, status)
 
     # --- reload and status --------------------------------------------------
 
@@ -520,7 +368,8 @@ class Daemon:
         self.metrics.config_reloads.labels("ok").inc()
         self.metrics.config_last_success.set(time.time())
         log.info("config_reloaded", interval_seconds=new.polling.interval)
-        self._poll_wake.set()
+        if self.polling is not None:
+            self.polling.wake()
         self.wake_deliveries()
         notify.notify("READY=1", "STATUS=config reloaded")
         return None
@@ -533,15 +382,15 @@ class Daemon:
             except DB_ERRORS as exc:
                 self.database.failed("status", exc)
             else:
-                self._database_ok("status")
+                self.database.succeeded("status")
         return {
-            "state": "running" if self.polling_enabled else "stopped",
+            "state": "running" if self.polling and self.polling.enabled else "stopped",
             "interval_seconds": self._config.polling.interval,
             "instance_id": self.instance_id,
             "version": __version__,
             "started_at": self.started_at,
-            "cycles": self.cycles,
-            "last_cycle": self.last_cycle,
+            "cycles": self.polling.cycles if self.polling else 0,
+            "last_cycle": self.polling.last_cycle if self.polling else None,
             "deliveries": deliveries and {k: deliveries[k] for k in STATUS_COUNTS},
             "database": self.database.text(),
             "config_path": str(self.config_path) if self.config_path else None,

@@ -16,10 +16,10 @@ from typing import Any
 from faker import Faker
 
 from cartd.config import Config
+from cartd.cycle import CycleSummary
 from cartd.daemon import Daemon
 from cartd.db import Store
 from cartd.db.queries import load
-from cartd.poller import CycleSummary
 from cartd.receiver import Received, Receiver
 
 SQL = load("cartd", "demo.sql")

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from cartd.db import Store
 from cartd.delivery import Deliverer
-from cartd.poller import Poller
+from cartd.polling import Poller
 from helpers import SLUG, Clock, add_agents, config, scripted_receiver, wait_until
 
 

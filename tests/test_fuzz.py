@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from cartd import payload
 from cartd.config import MockConfig
 from cartd.model import Cart, MalformedRecord, minor_units, quantize
-from cartd.poller import Rules, agent_rules
+from cartd.rules import Rules, agent_rules
 from cartd.sources import custom, shopify, woocommerce
 from cartd.sources.fields import Gathered
 from cartd.sources.mock import mock_records

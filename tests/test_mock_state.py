@@ -14,7 +14,7 @@ import pytest
 from cartd.config import build
 from cartd.db import Store
 from cartd.demo import insert_rows
-from cartd.poller import Poller
+from cartd.polling import Poller
 
 SLUG = "ecommerce-abandoned-cart"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

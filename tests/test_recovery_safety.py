@@ -21,7 +21,7 @@ from cartd import outbox
 from cartd.daemon import Daemon
 from cartd.db import Store
 from cartd.delivery import Deliverer
-from cartd.poller import Poller
+from cartd.polling import Poller
 from cartshop import LateReceiver, bodies, cart, complete, shops
 from helpers import Clock, config, scripted_receiver, serving, wait_until
 from test_operations import SECRET, cartd_run, metric
@@ -195,7 +195,7 @@ async def test_a_detected_delivery_expires_after_max_delivery_age_and_a_recovere
         daemon = Daemon(cfg, clock=clock)
         running = asyncio.create_task(daemon.run())
         try:
-            await wait_until(lambda: daemon.poller is not None and daemon.database.reachable)
+            await wait_until(lambda: daemon.polling is not None and daemon.database.reachable)
             await daemon.run_once()  # x delivered
             receiver.default = (503, {}, 0.0)  # the receiver fails from now on
             complete(shop.carts["s"][0])

@@ -22,7 +22,7 @@ from aiohttp import web
 from cartd.db import Store
 from cartd.delivery import Deliverer
 from cartd.demo import insert_rows
-from cartd.poller import Poller
+from cartd.polling import Poller
 from cartd.signing import Signer
 from helpers import ROOT, SLUG, Clock, add_agents, config, scripted_receiver, wait_until
 from test_delivery import SECRET, enqueue, row

@@ -7,7 +7,7 @@ import uuid
 from datetime import timedelta
 
 from cartd.db import Outcome, Store
-from cartd.poller import Poller
+from cartd.polling import Poller
 from helpers import SLUG, Clock, add_agents, config
 from test_breaker import enqueue_to
 
