@@ -10,7 +10,7 @@ import logging
 import time
 import uuid
 from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -23,6 +23,7 @@ from cartd.config import Config
 from cartd.db import AgentWork, NewDelivery, SourcePoll, SourceState, Store
 from cartd.model import Cart, iso
 from cartd.rules import AgentCard, Rules, agent_card, agent_rules
+from cartd.services import cancel
 from cartd.sources import Fetched, Integration, IntegrationError, fetch, mock_stores
 
 log = structlog.get_logger("cartd.cycle")
@@ -305,14 +306,6 @@ class Group:
                                         [c for c in job.completed if c.cart_id in waiting],
                                         hold_for=detected_id)
         return out
-
-
-async def cancel(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel the tasks not done yet and wait until they are."""
-    pending = [task for task in tasks if not task.done()]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
 
 
 class Cycle:

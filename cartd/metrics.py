@@ -3,7 +3,9 @@ how a cycle and an attempt are counted in them."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -22,7 +24,7 @@ from cartd.sources import PLATFORMS
 
 if TYPE_CHECKING:
     from cartd.cycle import CycleSummary
-    from cartd.delivery import Attempt
+    from cartd.attempts import Attempt
 
 disable_created_metrics()
 
@@ -128,6 +130,18 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    @contextlib.asynccontextmanager
+    async def serving(self, listen: str) -> AsyncIterator[None]:
+        """`/metrics` on `listen` (HOST:PORT) for the block."""
+        host, _, port = listen.rpartition(":")
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
+            yield
+        finally:
+            await runner.cleanup()
 
     def app(self) -> web.Application:
         async def metrics(_: web.Request) -> web.Response:

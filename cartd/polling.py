@@ -15,10 +15,10 @@ import structlog
 
 from cartd import notify
 from cartd.config import Config
-from cartd.cycle import Cycle, CycleSummary, cancel
+from cartd.cycle import Cycle, CycleSummary
 from cartd.db import DB_ERRORS, DatabaseHealth, NewDelivery, Store
 from cartd.metrics import Metrics
-from cartd.services import Stopping
+from cartd.services import Stopping, cancel
 
 log = structlog.get_logger("cartd.polling")
 

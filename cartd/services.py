@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 
 class Stopping:
@@ -49,3 +50,19 @@ class Stopping:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), seconds)
         return self._event.is_set()
+
+
+class Service(Protocol):
+    """One of the daemon's services (docs/architecture.md)."""
+
+    async def run(self, stopping: Stopping) -> None:
+        """Work until the stop begins, then finish what is in flight by its deadline."""
+        ...
+
+
+async def cancel(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks not done yet and wait until they are."""
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

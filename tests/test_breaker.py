@@ -10,8 +10,9 @@ import time
 import uuid
 from datetime import datetime, timedelta
 
+from cartd.attempts import Attempt, destination, failed
 from cartd.db import NewDelivery, Store
-from cartd.delivery import Attempt, Deliverer, destination, failed
+from cartd.delivery import Deliverer
 from cartd.payload import dumps, new_webhook_id
 from helpers import Clock, config, scripted_receiver, wait_until
 

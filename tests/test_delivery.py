@@ -13,8 +13,9 @@ import asyncpg
 import pytest
 from standardwebhooks import Webhook
 
+from cartd.attempts import Attempt, decide, retry_after_seconds
 from cartd.db import NewDelivery, Store
-from cartd.delivery import UNRECORDED_MAX, Attempt, Deliverer, decide, retry_after_seconds
+from cartd.delivery import UNRECORDED_MAX, Deliverer
 from cartd.payload import dumps, new_webhook_id
 from helpers import Clock, Scripted, config, scripted_receiver, wait_until
 
