@@ -1,4 +1,5 @@
-"""The webhook body of SPEC §2: built from carts with Decimal money, serialised once."""
+"""The webhook body (README "The payload"): built from carts with Decimal money, serialised
+once; rebuilt without some carts, or with their customers redacted."""
 
 from __future__ import annotations
 
