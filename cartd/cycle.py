@@ -209,10 +209,15 @@ async def plan(store: Store, agents: list[Any], config: Config,
     without it (a preview) nothing is written."""
     unpolled: list[SourcePoll] = []
     candidates = _candidates(agents, config, set() if taken is None else taken, unpolled)
-    states = await store.agents.source_states([i.id for *_, i in candidates])
     mocks = [i.id for *_, i in candidates if i.mode == "mock"]
-    opened = await (mock_stores.known(store, mocks) if opening is None
-                    else mock_stores.opened(store, mocks, opening))
+    opening_times = asyncio.ensure_future(  # read side by side with the cursors
+        mock_stores.known(store, mocks) if opening is None
+        else mock_stores.opened(store, mocks, opening))
+    try:
+        states = await store.agents.source_states([i.id for *_, i in candidates])
+        opened = await opening_times
+    finally:
+        await cancel([opening_times])
     jobs = [Job(a, r, c, i, states.get(i.id, SourceState(None)), opened.get(i.id))
             for a, r, c, i in candidates]
     return jobs, unpolled
