@@ -349,10 +349,10 @@ async def app_rows(dsn: str, agents: int, *, platforms: tuple[str, ...] = PLATFO
 
 
 async def migrated_store(dsn: str) -> Any:
-    from cartd.store import Store
+    from cartd.db import Store
 
     store = await Store.connect(dsn, 1, 10)
-    await store.migrate(app_tables=True)
+    await store.maintenance.migrate(app_tables=True)
     return store
 
 
@@ -442,7 +442,7 @@ async def durable(pg: Postgres, sink: Sink, n: int, profile: bool, *, pooler: st
 
     from cartd import payload
     from cartd.delivery import Deliverer
-    from cartd.store import Store
+    from cartd.db import Store
 
     dsn = await pg.create("bench_delivery")
     await (await migrated_store(dsn)).close()
@@ -508,7 +508,7 @@ async def durable(pg: Postgres, sink: Sink, n: int, profile: bool, *, pooler: st
         seconds = time.perf_counter() - started
         deliverer.stop()
         await asyncio.wait_for(task, 30)
-    counts = await store.delivery_counts()
+    counts = await store.deliveries.counts()
     await store.close()
     rate = n / seconds
     result = {
@@ -561,8 +561,8 @@ async def cycles_child(dsn: str, agents: int, profile: bool, sink_url: str,
                        pooler: str) -> dict[str, Any]:
     """The cycles of (b), in a fresh process (the parent has seeded the database)."""
     from cartd.daemon import tune_gc
-    from cartd.poller import Poller
-    from cartd.store import Store
+    from cartd.polling import Poller
+    from cartd.db import Store
 
     quiet_logs()
     tune_gc()  # as `cartd run` does
@@ -700,8 +700,8 @@ async def short_cycles_child(dsn: str, url: str, agents: int, count: int) -> dic
 
     from cartd.daemon import tune_gc
     from cartd.delivery import Deliverer
-    from cartd.poller import Poller
-    from cartd.store import Store
+    from cartd.polling import Poller
+    from cartd.db import Store
 
     quiet_logs()
     tune_gc()  # as `cartd run` does
@@ -732,7 +732,7 @@ async def short_cycles_child(dsn: str, url: str, agents: int, count: int) -> dic
         deliverer.stop()
         await asyncio.wait_for(task, 60)
     seconds = time.perf_counter() - began
-    counts = await store.delivery_counts()
+    counts = await store.deliveries.counts()
     await store.close()
     after_warmup = samples[1] if len(samples) > 1 else samples[0]
     return {

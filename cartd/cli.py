@@ -1,4 +1,5 @@
-"""Command line: arguments in, calls out, one-line errors and the exit codes of SPEC §4."""
+"""Command line: arguments in, calls out, one-line errors and the exit codes (README
+"Commands"): it parses and dispatches."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import quote
 
 import asyncpg
 
 from cartd import __version__, embedded, logs
-from cartd.config import Config, ConfigError, control_socket, load, resolve_path
+from cartd.config import Config, ConfigError, load, resolve_path
 from cartd.control import SocketInUse
-from cartd.store import DB_ERRORS, Store, problem
+from cartd.db import DB_ERRORS, Store, problem
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -25,7 +25,7 @@ class UsageError(Exception):
 
 
 class DatabaseFailed(Exception):
-    """A command's database work failed; the message says how (cartd.store.problem)."""
+    """A command's database work failed; the message says how (cartd.db.problem)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -139,20 +139,15 @@ def _load(args: argparse.Namespace, *, secrets: bool = True) -> tuple[Config, Pa
 
 
 async def _with_store(config: Config, work: Callable[[Store], Awaitable[Any]]) -> Any:
-    dsn, server = config.database.dsn, None
-    if not dsn:
-        dsn, server = await asyncio.to_thread(embedded.start, config.state_dir)
-    try:
-        store = await Store.connect(dsn, 1, 2, pooler=config.database.pooler)
+    async with embedded.database(config.database.dsn, config.state_dir) as dsn:
         try:
-            return await work(store)
-        finally:
-            await store.close()
-    except DB_ERRORS as exc:
-        raise DatabaseFailed(f"database {problem(exc)}") from None
-    finally:
-        if server is not None:
-            await asyncio.to_thread(server.cleanup)
+            store = await Store.connect(dsn, 1, 2, pooler=config.database.pooler)
+            try:
+                return await work(store)
+            finally:
+                await store.close()
+        except DB_ERRORS as exc:
+            raise DatabaseFailed(f"database {problem(exc)}") from None
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -165,7 +160,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     config, _ = _load(args)
 
     async def work(store: Store) -> list[str]:
-        return await store.migrate(app_tables=args.app_tables)
+        return await store.maintenance.migrate(app_tables=args.app_tables)
 
     applied = asyncio.run(_with_store(config, work))
     print("applied: " + ", ".join(applied) if applied else "up to date")
@@ -195,71 +190,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ctl_request(args: argparse.Namespace) -> tuple[str, str, dict[str, str]]:
-    action = args.action
-    if action == "start":
-        params = {} if args.interval is None else {"interval": f"{args.interval:g}"}
-        return "POST", "/polling/start", params
-    if action == "deliveries":
-        params = {"limit": str(args.limit)}
-        if args.status:
-            params["status"] = args.status
-        return "GET", "/deliveries", params
-    if action == "preview":
-        return "POST", "/polling/preview", {k: v for k, v in (
-            ("agent", args.agent), ("integration", args.integration)) if v}
-    if action == "integrations":
-        params = {"limit": str(args.limit)}
-        if args.failing:
-            params["failing"] = "true"
-        return "GET", "/integrations", params
-    if action == "forget":
-        return "POST", "/subjects/forget", {}
-    if action == "replay":
-        if args.id and not args.status and not args.since:
-            return "POST", f"/deliveries/{quote(args.id, safe='')}/replay", {}
-        if args.id is None and args.status == "dead":
-            return "POST", "/deliveries/replay", {"status": "dead", **(
-                {"since": args.since} if args.since else {})}
-        raise UsageError("replay takes a delivery ID, or --status dead [--since ISO]")
-    return {"status": ("GET", "/status", {}), "stop": ("POST", "/polling/stop", {}),
-            "run-once": ("POST", "/polling/run-once", {}),
-            "reload": ("POST", "/reload", {})}[action]
-
-
-def _ctl_body(args: argparse.Namespace) -> dict[str, str] | None:
-    """The JSON body of the request, for the commands that send one."""
-    if args.action != "forget":
-        return None
-    if args.email and not (args.customer_id or args.integration_id):
-        return {"email": args.email}
-    if args.customer_id and args.integration_id and not args.email:
-        return {"customer_id": args.customer_id, "integration_id": args.integration_id}
-    raise UsageError("forget takes --email E, or --customer-id C --integration-id I")
-
-
 def _cmd_ctl(args: argparse.Namespace) -> int:
-    import aiohttp
-
-    from cartd import ctl_text
-
-    method, path, params = _ctl_request(args)
-    body = _ctl_body(args)
-    socket_path = args.socket or control_socket(resolve_path(args.config),
-                                                missing_ok=args.config is None)
-
-    async def call() -> tuple[int, object]:
-        connector = aiohttp.UnixConnector(path=socket_path)
-        timeout = aiohttp.ClientTimeout(total=300)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            async with session.request(method, f"http://cartd{path}", params=params,
-                                       json=body) as response:
-                return response.status, await response.json(content_type=None)
+    from cartd import ctl, ctl_text
 
     try:
-        status, data = asyncio.run(call())
-    except (aiohttp.ClientError, OSError) as exc:
-        print(f"cartd: cannot reach the daemon at {socket_path}: {_one_line(exc)}",
+        status, data = ctl.run(args)
+    except ctl.BadRequest as exc:
+        raise UsageError(str(exc)) from None
+    except ctl.Unreachable as exc:
+        print(f"cartd: cannot reach the daemon at {exc.socket_path}: {_one_line(exc.cause)}",
               file=sys.stderr)
         return EXIT_RUNTIME
     ctl_text.show(args.action, data, ok=status < 400,

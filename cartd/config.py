@@ -224,6 +224,43 @@ class Config(Section):
     shutdown_timeout: PositiveDuration = 20.0
 
 
+# What a reload (SIGHUP, `cartd ctl reload`) cannot change: these keys need a restart, and
+# a reload keeps their running value (README "Controlling a running daemon").
+RESTART_KEYS = (("control", "socket"), ("control", "socket_mode"), ("metrics", "listen"),
+                ("state_dir",), ("database", "dsn"))
+
+
+def _get(config: Config, key: tuple[str, ...]) -> Any:
+    value: Any = config
+    for part in key:
+        value = getattr(value, part)
+    return value
+
+
+def _keep(new: Config, old: Config, key: tuple[str, ...]) -> Config:
+    if len(key) == 1:
+        return new.model_copy(update={key[0]: getattr(old, key[0])})
+    section = getattr(new, key[0]).model_copy(update={key[1]: _get(old, key)})
+    return new.model_copy(update={key[0]: section})
+
+
+def reloaded(new: Config, running: Config) -> tuple[Config, list[str]]:
+    """What a reload applies: `new`, with the running value of every key that needs a
+    restart; and the names of those keys that `new` changes (`control.socket`, ...)."""
+    kept = []
+    for key in RESTART_KEYS:
+        if _get(new, key) != _get(running, key):
+            kept.append(".".join(key))
+            new = _keep(new, running, key)
+    return new, kept
+
+
+def pool_settings(config: Config) -> tuple[int, int, str]:
+    """What the database pool is made with; a reload that changes it replaces the pool."""
+    database = config.database
+    return database.min_connections, database.max_connections, database.pooler
+
+
 def _format_error(error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "config"

@@ -1,29 +1,66 @@
-"""The control API of SPEC §6: HTTP/1.1 with JSON over a Unix socket."""
+"""The control API (README "Controlling a running daemon"): HTTP/1.1 with JSON over a
+Unix socket, in front of anything that is `Controlled` (the daemon)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from aiohttp import web
 
-from cartd.store import DB_ERRORS, problem
-
-if TYPE_CHECKING:
-    from cartd.daemon import Daemon
+from cartd.db import DB_ERRORS, problem
+from cartd.db.deliveries import STATUSES
 
 MAX_BODY = 64 * 1024
-STATUSES = ("pending", "delivered", "dead", "withdrawn")
 
 
 class SocketInUse(RuntimeError):
     pass
+
+
+class CycleFailed(Exception):
+    """A cycle asked for could not run; the message says why."""
+
+
+class Controlled(Protocol):
+    """What the control API asks of the daemon."""
+
+    async def status(self) -> dict[str, Any]: ...
+
+    def start_polling(self, interval: float | None) -> None: ...
+
+    async def stop_polling(self) -> None: ...
+
+    async def run_once(self) -> dict[str, Any]:
+        """The cycle's summary with its first attempts; raises CycleFailed."""
+        ...
+
+    async def reload(self) -> str | None:
+        """The error of a config file that was not applied, else None."""
+        ...
+
+    async def deliveries(self, status: str | None, limit: int) -> list[dict[str, Any]]: ...
+
+    async def replay(self, delivery_id: str) -> str | None:
+        """The delivery's status before (a withdrawn one is not replayed), None if unknown."""
+        ...
+
+    async def replay_dead(self, since: datetime | None) -> int: ...
+
+    async def preview(self, agent_id: UUID | None, integration_id: UUID | None,
+                      limit: int) -> dict[str, Any]: ...
+
+    async def integrations(self, failing: bool, limit: int) -> list[dict[str, Any]]: ...
+
+    async def forget(self, **person: Any) -> dict[str, int]: ...
 
 
 def _default(value: Any) -> Any:
@@ -106,7 +143,7 @@ def parse_person(body: Any) -> dict[str, Any]:
     raise ValueError(_PERSON)
 
 
-def _polling_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
+def _polling_routes(routes: web.RouteTableDef, daemon: Controlled) -> None:
     @routes.get("/status")
     @routes.get("/polling/status")
     async def status(_: web.Request) -> web.Response:
@@ -130,10 +167,10 @@ def _polling_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
     @routes.post("/polling/run-once")
     @routes.post("/polling/abandoned-cart/test-once")
     async def run_once(_: web.Request) -> web.Response:
-        summary = await daemon.run_once()
-        if summary is None:
-            return error(daemon.cycle_error or "cycle failed", 503)
-        return reply(summary)
+        try:
+            return reply(await daemon.run_once())
+        except CycleFailed as exc:
+            return error(str(exc), 503)
 
     @routes.post("/reload")
     async def reload(_: web.Request) -> web.Response:
@@ -143,7 +180,7 @@ def _polling_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
         return reply(await daemon.status())
 
 
-def _delivery_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
+def _delivery_routes(routes: web.RouteTableDef, daemon: Controlled) -> None:
     @routes.get("/deliveries")
     async def deliveries(request: web.Request) -> web.Response:
         status_filter = request.query.get("status") or None
@@ -153,7 +190,7 @@ def _delivery_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
             limit = parse_limit(request.query.get("limit"))
         except ValueError as exc:
             return error(str(exc))
-        return reply(await daemon.store.list_deliveries(status_filter, limit))
+        return reply(await daemon.deliveries(status_filter, limit))
 
     @routes.post("/deliveries/replay")
     async def replay_many(request: web.Request) -> web.Response:
@@ -163,26 +200,21 @@ def _delivery_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
             since = parse_since(request.query.get("since"))
         except ValueError as exc:
             return error(str(exc))
-        count = await daemon.store.replay_dead(since, daemon.clock())
-        await daemon.settle_outbox()  # rebuilt before they go: completed carts leave them
-        daemon.wake_deliveries()
-        return reply({"replayed": count})
+        return reply({"replayed": await daemon.replay_dead(since)})
 
     @routes.post("/deliveries/{id}/replay")
     async def replay_one(request: web.Request) -> web.Response:
         delivery_id = request.match_info["id"]
-        before = await daemon.store.replay(delivery_id, daemon.clock())
+        before = await daemon.replay(delivery_id)
         if before is None:
             return error(f"no delivery {delivery_id}", 404)
         if before == "withdrawn":
             return error(f"delivery {delivery_id} was withdrawn: its carts completed or their"
                          " customer was erased before it was sent, so it is never sent", 409)
-        await daemon.settle_outbox()
-        daemon.wake_deliveries()
         return reply({"replayed": 1, "id": delivery_id})
 
 
-def _operator_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
+def _operator_routes(routes: web.RouteTableDef, daemon: Controlled) -> None:
     @routes.post("/polling/preview")
     async def preview(request: web.Request) -> web.Response:
         try:
@@ -202,12 +234,7 @@ def _operator_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
             limit = parse_limit(request.query.get("limit"))
         except ValueError as exc:
             return error(str(exc))
-        config = daemon.config()
-        rows = await daemon.store.integrations(
-            slug=config.polling.template_slug, failing=failing == "true", limit=limit)
-        for row in rows:  # never polled, no mode in its config: the default one
-            row["mode"] = row["mode"] or config.platforms.default_mode
-        return reply(rows)
+        return reply(await daemon.integrations(failing == "true", limit))
 
     @routes.post("/subjects/forget")
     async def forget(request: web.Request) -> web.Response:
@@ -222,7 +249,7 @@ def _operator_routes(routes: web.RouteTableDef, daemon: Daemon) -> None:
         return reply(await daemon.forget(**person))
 
 
-def build_app(daemon: Daemon) -> web.Application:
+def build_app(daemon: Controlled) -> web.Application:
     routes = web.RouteTableDef()
     _polling_routes(routes, daemon)
     _delivery_routes(routes, daemon)
@@ -265,15 +292,30 @@ def claim_socket(path: Path) -> None:
     raise SocketInUse(f"control.socket {path} is in use: another cartd is running")
 
 
-async def start(daemon: Daemon, path: Path, mode: str) -> web.AppRunner:
+@contextlib.asynccontextmanager
+async def serving(daemon: Controlled, path: Path, mode: str) -> AsyncIterator[None]:
+    """The control API on the socket at `path`, born with `mode`, for the block; the
+    socket is removed after it."""
     claim_socket(path)
     runner = web.AppRunner(build_app(daemon), access_log=None, handle_signals=False)
     await runner.setup()
+    try:
+        await _listen(runner, path, int(mode, 8))
+    except BaseException:
+        await runner.cleanup()
+        raise
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+        path.unlink(missing_ok=True)
+
+
+async def _listen(runner: web.AppRunner, path: Path, mode: int) -> None:
     site = web.UnixSite(runner, str(path))
-    previous = os.umask(0o777 & ~int(mode, 8))  # the socket is born with its mode
+    previous = os.umask(0o777 & ~mode)  # the socket is born with its mode
     try:
         await site.start()
     finally:
         os.umask(previous)
-    os.chmod(path, int(mode, 8))
-    return runner
+    os.chmod(path, mode)

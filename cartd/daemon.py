@@ -1,41 +1,40 @@
-"""The daemon's lifecycle: one TaskGroup for the poll loop, the delivery workers, the
-control and metrics servers; signals, reloads, sd_notify; a graceful stop."""
+"""The daemon (README "Running as a systemd service", docs/architecture.md): its services
+(the poll loop, the deliverer, maintenance) run in one TaskGroup between the database and
+the control and metrics servers, which an AsyncExitStack tears down in reverse; one stop
+signal with one deadline; reloads; the control API's operations."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import structlog
-from aiohttp import web
 
 from cartd import __version__, control, embedded, logs, notify, outbox, preview, sources
-from cartd.config import Config, ConfigError, load
-from cartd.delivery import Attempt, Deliverer
+from cartd.config import Config, ConfigError, load, pool_settings, reloaded
+from cartd.control import CycleFailed
+from cartd.cycle import CycleSummary
+from cartd.db import DB_ERRORS, DatabaseHealth, Store
+from cartd.delivery import Deliverer
+from cartd.maintenance import Maintenance
 from cartd.metrics import Metrics
-from cartd.poller import CycleSummary, Poller
-from cartd.sources import PLATFORMS
-from cartd.store import DB_ERRORS, Claimed, DatabaseProblem, Store, problem
+from cartd.polling import Poller, PollLoop
+from cartd.services import Service, Stopping
 
 log = structlog.get_logger("cartd.daemon")
 
-HEALTH_EVERY = 2.0
 STATUS_COUNTS = ("pending", "dead", "delivered")  # the delivery counts /status shows
-GAUGES_EVERY = 10.0  # seconds between refreshes of the integration health gauges
-RETENTION_EVERY = 300.0  # seconds between retention sweeps
-RUN_ONCE_WAIT = 30.0
-# Changing these needs a restart; a reload keeps the running value.
-RESTART_KEYS = (("control", "socket"), ("control", "socket_mode"), ("metrics", "listen"),
-                ("state_dir",), ("database", "dsn"))
 
 
 def tune_gc() -> None:
@@ -49,69 +48,6 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(50_000, 10, 10)
-
-
-def _get(config: Config, key: tuple[str, ...]) -> Any:
-    value: Any = config
-    for part in key:
-        value = getattr(value, part)
-    return value
-
-
-def _pool_settings(config: Config) -> tuple[int, int, str]:
-    database = config.database
-    return database.min_connections, database.max_connections, database.pooler
-
-
-def _keep(new: Config, old: Config, key: tuple[str, ...]) -> Config:
-    if len(key) == 1:
-        return new.model_copy(update={key[0]: getattr(old, key[0])})
-    section = getattr(new, key[0]).model_copy(update={key[1]: _get(old, key)})
-    return new.model_copy(update={key[0]: section})
-
-
-class DatabaseHealth:
-    """The daemon's view of its database: not connected yet, ok, or the problems that the
-    last call of each activity (cycle, health, retention...) ran into. Not being able to
-    reach it is one problem for all activities; any success proves it reachable again."""
-
-    CONNECTION = "connection"
-
-    def __init__(self) -> None:
-        self.connected = False
-        self.problems: dict[str, DatabaseProblem] = {}
-
-    @property
-    def reachable(self) -> bool:
-        return self.connected and self.CONNECTION not in self.problems
-
-    def text(self) -> str:
-        """`ok`, or what is wrong (as /status shows it)."""
-        if self.CONNECTION in self.problems:
-            return str(self.problems[self.CONNECTION])
-        if not self.connected:
-            return "not connected yet"
-        return str(next(iter(self.problems.values()))) if self.problems else "ok"
-
-    def failed(self, activity: str, exc: BaseException) -> DatabaseProblem:
-        """Record what `activity` ran into; logged once, until it changes."""
-        found = problem(exc)
-        key = self.CONNECTION if found.kind == "unavailable" else activity
-        if self.problems.get(key) != found:
-            log.error(found.event, error=str(found), activity=activity)
-            notify.notify(f"STATUS=database {found}")
-        self.problems[key] = found
-        return found
-
-    def succeeded(self, activity: str) -> bool:
-        """Clear what `activity` ran into; True when the database became reachable."""
-        was_reachable = self.reachable
-        if self.CONNECTION in self.problems:
-            log.info("database_recovered")
-        self.connected = True
-        self.problems.pop(self.CONNECTION, None)
-        self.problems.pop(activity, None)
-        return not was_reachable
 
 
 class Daemon:
@@ -135,26 +71,14 @@ class Daemon:
         self.started_at = clock()
         self.config_loaded_at = self.started_at
         self.config_error: str | None = None
-        self.database = DatabaseHealth()
-        self.migrated = not config.database.migrate
-        self.polling_enabled = config.polling.enabled
-        self.cycles = 0
-        self.last_cycle: dict[str, Any] | None = None
-        self.cycle_error: str | None = None  # why the last cycle failed, if it did
         self.metrics = Metrics()
-        self.stopping = asyncio.Event()
-        self._poll_wake = asyncio.Event()
-        self._poll_now = False
-        self._background: set[asyncio.Task[Any]] = set()
-        self._dsn = ""
-        self._cycle_lock = asyncio.Lock()
-        self._gauges_due = 0.0  # monotonic time of the next integration gauges refresh
+        self.database = DatabaseHealth(on_reachable=self.wake_deliveries)
+        self.stopping = Stopping()
         self.store: Store | None = None
-        self.poller: Poller | None = None
+        self.polling: PollLoop | None = None
         self.deliverer: Deliverer | None = None
-        self._embedded: Any = None
-        self._runners: list[web.AppRunner] = []
-        self._socket = Path(config.control.socket)
+        self.maintenance: Maintenance | None = None
+        self._background: set[asyncio.Task[Any]] = set()
 
     def config(self) -> Config:
         return self._config
@@ -162,359 +86,132 @@ class Daemon:
     # --- lifecycle ----------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until SIGTERM/SIGINT (or `stop()`)."""
+        """Run until SIGTERM/SIGINT (or `stop()`). What is set up is torn down in reverse,
+        each step whatever the ones before it raised: the claims are given back even when
+        closing a server fails."""
+        config = self._config
+        with self._signals():
+            async with contextlib.AsyncExitStack() as stack:
+                stack.callback(log.info, "stopped")
+                dsn = await stack.enter_async_context(
+                    embedded.database(config.database.dsn, config.state_dir))
+                self.store, connected = await self._connect(dsn)
+                stack.push_async_callback(self.store.close)
+                stack.push_async_callback(self._release, self.store)
+                services = self._services(self.store)
+                if connected and self.maintenance is not None:
+                    await self.maintenance.open()
+                stack.push_async_callback(sources.close)
+                socket_path = Path(config.control.socket)
+                await stack.enter_async_context(
+                    control.serving(self, socket_path, config.control.socket_mode))
+                if config.metrics.listen:
+                    await stack.enter_async_context(self.metrics.serving(config.metrics.listen))
+                log.info("started", instance_id=self.instance_id, version=__version__,
+                         interval_seconds=config.polling.interval,
+                         polling=config.polling.enabled, control_socket=str(socket_path))
+                notify.notify("READY=1", "STATUS=started, waiting for the first cycle")
+                await self._serve(services)
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
         loop = asyncio.get_running_loop()
         handlers = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop,
                     signal.SIGHUP: self._reload_in_background}
         for sig, handler in handlers.items():
             loop.add_signal_handler(sig, handler)
         try:
-            await self._open_store()
-            self.deliverer = Deliverer(self.store, self.config, instance_id=self.instance_id,
-                                       clock=self.clock, on_outcome=self._count_attempt,
-                                       on_breakers=self.metrics.breaker_open.set)
-            self.poller = Poller(self.store, self.config, instance_id=self.instance_id,
-                                 clock=self.clock, on_enqueued=lambda _: self.deliverer.wake())
-            await self._start_servers()
-            self.metrics.polling_enabled.set(int(self.polling_enabled))
-            log.info("started", instance_id=self.instance_id, version=__version__,
-                     interval_seconds=self._config.polling.interval,
-                     polling=self.polling_enabled, control_socket=str(self._socket))
-            notify.notify("READY=1", "STATUS=started, waiting for the first cycle")
-            if self.stopping.is_set():
-                self.deliverer.stop()
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._poll_loop())
-                tasks.create_task(self.deliverer.run())
-                tasks.create_task(self._health_loop())
-                tasks.create_task(self._retention_loop())
-                interval = notify.watchdog_interval()
-                if interval:
-                    tasks.create_task(self._watchdog(interval))
+            yield
         finally:
             for sig in handlers:
                 loop.remove_signal_handler(sig)
-            await self._close()
+
+    async def _connect(self, dsn: str) -> tuple[Store, bool]:
+        """The pool, and whether it connected; a lazy one when the database cannot be
+        reached now (the health loop reports it and tries again)."""
+        min_size, max_size, pooler = pool_settings(self._config)
+        try:
+            return await Store.connect(dsn, min_size, max_size, pooler=pooler), True
+        except DB_ERRORS as exc:
+            self.database.failed("health", exc)
+            return await Store.connect(dsn, min_size, max_size, lazy=True, pooler=pooler), False
+
+    async def _release(self, store: Store) -> None:
+        try:
+            await store.release(self.instance_id)
+        except DB_ERRORS as exc:
+            log.warning("claims_not_released", error=str(exc))
+
+    def _services(self, store: Store) -> list[Service]:
+        """The poll loop, the deliverer and maintenance, wired to each other."""
+        self.deliverer = Deliverer(
+            store, self.config, instance_id=self.instance_id, clock=self.clock,
+            on_outcome=lambda _, attempt, status: self.metrics.count_attempt(attempt, status),
+            on_breakers=self.metrics.breaker_open.set)
+        self.maintenance = Maintenance(
+            store, self.config, clock=self.clock, database=self.database, metrics=self.metrics,
+            migrate=self._config.database.migrate, prepare=self.prepare,
+            wake_deliveries=self.wake_deliveries)
+        poller = Poller(store, self.config, instance_id=self.instance_id, clock=self.clock,
+                        on_enqueued=lambda _: self.wake_deliveries())
+        self.polling = PollLoop(
+            poller, database=self.database, metrics=self.metrics,
+            enabled=self._config.polling.enabled, ready=self.maintenance.database_up,
+            settle=self.maintenance.after_cycle, on_cycle=self.on_cycle,
+            wake_deliveries=self.wake_deliveries)
+        return [self.polling, self.deliverer, self.maintenance]
+
+    async def _serve(self, services: list[Service]) -> None:
+        """The services in one TaskGroup, until the stop; those still running at its
+        deadline are cancelled (what they held is given back at teardown). A service that
+        fails stops the daemon."""
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(s.run(self.stopping), name=type(s).__name__)
+                     for s in services]
+            group.create_task(self._cancel_at_deadline(tasks))
+
+    async def _cancel_at_deadline(self, tasks: list[asyncio.Task[None]]) -> None:
+        await self.stopping.wait()
+        _, late = await asyncio.wait(tasks, timeout=self.stopping.remaining())
+        for task in late:
+            log.warning("shutdown_timeout_passed", service=task.get_name())
+            task.cancel()
+
+    def stop(self) -> None:
+        """Begin the stop: every service stops taking work; `shutdown_timeout` bounds it."""
+        if not self.stopping.is_set():
+            log.info("stopping")
+            notify.notify("STOPPING=1")
+            self.stopping.set(self._config.shutdown_timeout)
+
+    def wake_deliveries(self) -> None:
+        if self.deliverer is not None:
+            self.deliverer.wake()
+
+    # --- reload and status --------------------------------------------------
 
     def _reload_in_background(self) -> None:
         task = asyncio.create_task(self.reload())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def stop(self) -> None:
-        if not self.stopping.is_set():
-            log.info("stopping")
-            notify.notify("STOPPING=1")
-            self.stopping.set()
-            self._poll_wake.set()
-            if self.deliverer is not None:
-                self.deliverer.stop()
-
-    async def _open_store(self) -> None:
-        config = self._config
-        dsn = config.database.dsn
-        if not dsn:
-            dsn, self._embedded = await asyncio.to_thread(embedded.start, config.state_dir)
-        self._dsn = dsn
-        sizes = (config.database.min_connections, config.database.max_connections)
-        pooler = config.database.pooler
-        try:
-            self.store = await Store.connect(dsn, *sizes, pooler=pooler)
-        except DB_ERRORS as exc:
-            self.database.failed("health", exc)
-            self.store = await Store.connect(dsn, *sizes, lazy=True, pooler=pooler)
-            return
-        try:
-            await self._database_up()
-        except DB_ERRORS as exc:  # the health loop tries again
-            self.database.failed("health", exc)
-        else:
-            self._database_ok("health")
-
-    async def _start_servers(self) -> None:
-        config = self._config
-        self._runners.append(await control.start(self, self._socket, config.control.socket_mode))
-        if config.metrics.listen:
-            host, _, port = config.metrics.listen.rpartition(":")
-            runner = web.AppRunner(self.metrics.app(), access_log=None, handle_signals=False)
-            await runner.setup()
-            self._runners.append(runner)
-            await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
-
-    async def _close(self) -> None:
-        for runner in reversed(self._runners):
-            await runner.cleanup()
-        if self._runners:
-            self._socket.unlink(missing_ok=True)
-        await sources.close()
-        if self.store is not None:
-            try:
-                await self.store.release(self.instance_id)
-            except DB_ERRORS as exc:
-                log.warning("claims_not_released", error=str(exc))
-            await self.store.close()
-        if self._embedded is not None:
-            await asyncio.to_thread(self._embedded.cleanup)
-        log.info("stopped")
-
-    # --- the database -------------------------------------------------------
-
-    async def _database_up(self) -> None:
-        """Migrate and prepare, once, when the database answers."""
-        if not self.migrated:
-            applied = await self.store.migrate()
-            self.migrated = True
-            if applied:
-                log.info("migrations_applied", migrations=applied)
-        if self.prepare is not None:
-            await self.prepare(self.store)
-            self.prepare = None
-
-    def _database_ok(self, activity: str) -> None:
-        if self.database.succeeded(activity):
-            self.wake_deliveries()  # what waited for the database goes now
-
-    async def _health_loop(self) -> None:
-        """Watch the database, migrate once it is there, refresh the delivery gauges."""
-        while not self.stopping.is_set():
-            try:
-                await self.store.ping()
-                await self._database_up()
-                await self.settle_outbox()
-                counts = await self.store.delivery_counts()
-                self.metrics.deliveries_pending.set(counts["pending"])
-                self.metrics.deliveries_dead.set(counts["dead"])
-                if time.monotonic() >= self._gauges_due:
-                    await self._refresh_health_gauges()
-            except DB_ERRORS as exc:
-                self.database.failed("health", exc)
-            else:
-                self._database_ok("health")
-            try:
-                await asyncio.wait_for(self.stopping.wait(), HEALTH_EVERY)
-            except TimeoutError:
-                pass
-
-    async def settle_outbox(self) -> None:
-        """Expire old detected deliveries, rebuild the stale ones no attempt holds (README
-        "What the receiver sees when a cart completes"), and count what left."""
-        now = self.clock()
-        expired = await outbox.expire(self.store, now, self._config.webhook.max_delivery_age)
-        self.metrics.deliveries_by_outcome["dead"].inc(len(expired))
-        result = await outbox.refresh(self.store, now)
-        self.metrics.deliveries_by_outcome["withdrawn"].inc(len(result.withdrawn))
-        if result.counts["rebuilt"] or result.counts["released"]:
-            self.wake_deliveries()
-
-    async def _refresh_health_gauges(self) -> None:
-        """The integration health gauges, from the database: several instances agree."""
-        self._gauges_due = time.monotonic() + GAUGES_EVERY
-        health = await self.store.integration_health(
-            slug=self._config.polling.template_slug, now=self.clock(), platforms=PLATFORMS)
-        for platform in PLATFORMS:
-            failing, age = health.get(platform, (0, 0.0))
-            self.metrics.integrations_failing.labels(platform).set(failing)
-            self.metrics.integration_poll_age.labels(platform).set(age)
-
-    async def preview(self, agent_id: Any, integration_id: Any, limit: int) -> dict[str, Any]:
-        """What a cycle would deliver now, recorded nowhere (README "Previewing a store")."""
-        assert self.poller is not None
-        return await preview.preview(self.poller, agent_id=agent_id,
-                                     integration_id=integration_id, limit=limit)
-
-    async def forget(self, **person: Any) -> dict[str, int]:
-        """Erase one person from everything cartd keeps (README "Personal data")."""
-        counts = await outbox.forget(self.store, self.clock(), **person)
-        self.metrics.deliveries_by_outcome["withdrawn"].inc(counts["deliveries_withdrawn"])
-        self.wake_deliveries()
-        return counts
-
-    async def _retention_loop(self) -> None:
-        """Purge finished deliveries older than `retention` and, later, the dedupe memory
-        (kept for the longer of `retention` and `carts.max_age`, so a cart still young
-        enough to be found again is never sent twice)."""
-        delay = HEALTH_EVERY
-        while not self.stopping.is_set():
-            try:
-                await asyncio.wait_for(self.stopping.wait(), delay)
-                return
-            except TimeoutError:
-                pass
-            if not self.database.reachable:
-                continue
-            config, now = self._config, self.clock()
-            keep = timedelta(seconds=config.retention)
-            try:
-                deliveries, carts = await self.store.purge(
-                    payloads_before=now - keep,
-                    carts_before=now - max(keep, timedelta(seconds=config.carts.max_age)))
-            except DB_ERRORS as exc:
-                self.database.failed("retention", exc)
-                continue
-            self._database_ok("retention")
-            delay = RETENTION_EVERY
-            if deliveries or carts:
-                log.info("retention_purged", deliveries=deliveries, sent_carts=carts)
-
-    # --- polling ------------------------------------------------------------
-
-    async def run_cycle(self, *, force: bool = False) -> tuple[CycleSummary, list[str]] | None:
-        """One cycle, logged and counted; None when it failed (the database, say, or an
-        unexpected exception: logged with its traceback, and the next cycle runs)."""
-        assert self.poller is not None
-        started = time.monotonic()
-        async with self._cycle_lock:
-            try:
-                if not self.database.reachable:
-                    await self.store.ping()
-                    await self._database_up()
-                summary, ids = await self.poller.run_cycle(force=force)
-            except DB_ERRORS as exc:
-                found = self.database.failed("cycle", exc)
-                self.cycle_error = f"database: {found}"
-                log.error("cycle_failed", error=str(found))
-                self._count_failed_cycle(started)
-                return None
-            except Exception as exc:
-                self.cycle_error = f"cycle failed: {type(exc).__name__}: {exc}"[:300]
-                log.error("cycle_failed", error=self.cycle_error, exc_info=True)
-                self._count_failed_cycle(started)
-                return None
-        self.cycle_error = None
-        self._database_ok("cycle")
-        self.cycles += 1
-        self.last_cycle = summary.as_dict()
-        self._count_cycle(summary, time.monotonic() - started)
-        log.info("cycle_finished", **self.last_cycle)
-        notify.notify(f"STATUS=cycle {self.cycles}: {summary.agents_found} agents,"
-                      f" {summary.carts_new} new carts, {summary.deliveries_enqueued} webhooks"
-                      f" queued, {summary.integration_errors} integration errors")
-        self.on_cycle(summary)
-        try:
-            await self.settle_outbox()  # what the cycle's completions made stale
-            await self._refresh_health_gauges()
-        except DB_ERRORS as exc:  # the health loop settles it next
-            self.database.failed("health", exc)
-        return summary, ids
-
-    async def run_once(self) -> dict[str, Any] | None:
-        """Poll every matching agent now and wait for the first attempt of its deliveries."""
-        result = await self.run_cycle(force=True)
-        if result is None:
-            return None
-        summary, ids = result
-        states = {"unattempted": 0, "delivered": 0, "failed": 0}
-        if ids:
-            self.wake_deliveries()
-            deadline = time.monotonic() + max(RUN_ONCE_WAIT, 2 * self._config.webhook.timeout)
-            while True:
-                states = await self.store.attempt_states(ids)
-                if not states["unattempted"] or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.05)
-        return {**summary.as_dict(), "deliveries_succeeded": states["delivered"],
-                "deliveries_failed": states["failed"]}
-
-    def start_polling(self, interval: float | None) -> None:
-        if interval is not None:
-            polling = self._config.polling.model_copy(update={"interval": interval})
-            self._config = self._config.model_copy(update={"polling": polling})
-        self.polling_enabled = True
-        self._poll_now = True
-        self.metrics.polling_enabled.set(1)
-        log.info("polling_started", interval_seconds=self._config.polling.interval)
-        self._poll_wake.set()
-
-    async def stop_polling(self) -> None:
-        self.polling_enabled = False
-        self.metrics.polling_enabled.set(0)
-        log.info("polling_stopped")
-        self._poll_wake.set()
-        if self.poller is not None:
-            try:
-                await self.poller.leave()
-            except DB_ERRORS:
-                pass  # its place in the shares runs out by itself
-
-    def wake_deliveries(self) -> None:
-        if self.deliverer is not None:
-            self.deliverer.wake()
-
-    async def _poll_loop(self) -> None:
-        last_start: float | None = None
-        while not self.stopping.is_set():
-            due = time.monotonic()
-            if last_start is not None and not self._poll_now:
-                due = last_start + self._config.polling.interval
-            if self.polling_enabled and time.monotonic() >= due:
-                self._poll_now = False
-                last_start = time.monotonic()
-                await self.run_cycle()
-                continue
-            self._poll_wake.clear()
-            try:
-                await asyncio.wait_for(self._poll_wake.wait(),
-                                       due - time.monotonic() if self.polling_enabled else None)
-            except TimeoutError:
-                pass
-
-    async def _watchdog(self, interval: float) -> None:
-        while not self.stopping.is_set():
-            notify.notify("WATCHDOG=1")
-            try:
-                await asyncio.wait_for(self.stopping.wait(), interval)
-            except TimeoutError:
-                pass
-
-    # --- metrics ------------------------------------------------------------
-
-    def _count_failed_cycle(self, started: float) -> None:
-        self.metrics.poll_cycles.labels("error").inc()
-        self.metrics.cycle_duration.observe(time.monotonic() - started)
-
-    def _count_cycle(self, summary: CycleSummary, seconds: float) -> None:
-        m = self.metrics
-        m.poll_cycles.labels("ok").inc()
-        m.cycle_duration.observe(seconds)
-        m.last_success.set(time.time())
-        m.agents_found.set(summary.agents_found)
-        for (platform, outcome), n in summary.polls.items():
-            if platform in PLATFORMS:  # an unknown platform would be an unbounded label
-                m.integration_polls.labels(platform, outcome).inc(n)
-        for platform, n in summary.new_by_platform.items():
-            m.carts_detected.labels(platform).inc(n)
-        for platform, n in summary.recovered_by_platform.items():
-            m.carts_recovered.labels(platform).inc(n)
-        for (platform, currency), value in summary.value_by.items():
-            m.carts_value.labels(platform, currency).inc(float(value))
-
-    def _count_attempt(self, row: Claimed, attempt: Attempt, status: str) -> None:
-        self.metrics.attempts_by_result[attempt.result].inc()
-        self.metrics.attempt_duration.observe(attempt.seconds)
-        outcome = status if status in ("delivered", "dead") else "retried"
-        self.metrics.deliveries_by_outcome[outcome].inc()
-
-    # --- reload and status --------------------------------------------------
-
     async def reload(self) -> str | None:
         """Apply the config file as a whole; on error keep the old one. Returns the error."""
         notify.reloading()
         try:
-            new = await asyncio.to_thread(load, self.config_path or Path("cartd.yaml"),
-                                          missing_ok=self.config_missing_ok)
+            loaded = await asyncio.to_thread(load, self.config_path or Path("cartd.yaml"),
+                                             missing_ok=self.config_missing_ok)
         except ConfigError as exc:
             self.config_error = str(exc)
             self.metrics.config_reloads.labels("error").inc()
             log.error("config_reload_failed", error=self.config_error)
             notify.notify("READY=1", f"STATUS=config reload failed: {self.config_error}")
             return self.config_error
-        old = self._config
-        for key in RESTART_KEYS:
-            if _get(new, key) != _get(old, key):
-                log.warning("config_needs_restart", key=".".join(key))
-                new = _keep(new, old, key)
-        if _pool_settings(new) != _pool_settings(old):
-            await self._replace_pool(new)
+        new, kept = reloaded(loaded, self._config)
+        for key in kept:
+            log.warning("config_needs_restart", key=key)
+        if self.store is not None and pool_settings(new) != pool_settings(self._config):
+            await self.store.reconnect(*pool_settings(new))
         logs.configure(new.logging.level, new.logging.format)
         self._config = new
         self.config_error = None
@@ -522,43 +219,96 @@ class Daemon:
         self.metrics.config_reloads.labels("ok").inc()
         self.metrics.config_last_success.set(time.time())
         log.info("config_reloaded", interval_seconds=new.polling.interval)
-        self._poll_wake.set()
+        if self.polling is not None:
+            self.polling.wake()
         self.wake_deliveries()
         notify.notify("READY=1", "STATUS=config reloaded")
         return None
 
-    async def _replace_pool(self, new: Config) -> None:
-        """Swap in a pool of the new size or pooler mode; the old one closes once its work
-        is done."""
-        old_pool = self.store.pool
-        fresh = await Store.connect(self._dsn, new.database.min_connections,
-                                    new.database.max_connections, lazy=True,
-                                    pooler=new.database.pooler)
-        self.store.pool = fresh.pool
-        task = asyncio.create_task(old_pool.close())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def status(self) -> dict[str, Any]:
         deliveries = None
-        if self.database.reachable:
+        if self.store is not None and self.database.reachable:
             try:
-                deliveries = await self.store.delivery_counts()
+                deliveries = await self.store.deliveries.counts()
             except DB_ERRORS as exc:
                 self.database.failed("status", exc)
             else:
-                self._database_ok("status")
+                self.database.succeeded("status")
+        polling = self.polling
         return {
-            "state": "running" if self.polling_enabled else "stopped",
+            "state": "running" if polling and polling.enabled else "stopped",
             "interval_seconds": self._config.polling.interval,
             "instance_id": self.instance_id,
             "version": __version__,
             "started_at": self.started_at,
-            "cycles": self.cycles,
-            "last_cycle": self.last_cycle,
+            "cycles": polling.cycles if polling else 0,
+            "last_cycle": polling.last_cycle if polling else None,
             "deliveries": deliveries and {k: deliveries[k] for k in STATUS_COUNTS},
             "database": self.database.text(),
             "config_path": str(self.config_path) if self.config_path else None,
             "config_loaded_at": self.config_loaded_at,
             "config_error": self.config_error,
         }
+
+    # --- what the control API asks (control.Controlled) ----------------------
+
+    def _running(self) -> tuple[Store, PollLoop, Maintenance]:
+        assert self.store and self.polling and self.maintenance, "the daemon is not running"
+        return self.store, self.polling, self.maintenance
+
+    def start_polling(self, interval: float | None) -> None:
+        if interval is not None:
+            polling = self._config.polling.model_copy(update={"interval": interval})
+            self._config = self._config.model_copy(update={"polling": polling})
+        self._running()[1].start()
+
+    async def stop_polling(self) -> None:
+        await self._running()[1].stop()
+
+    async def run_once(self) -> dict[str, Any]:
+        """Poll every matching agent now and wait for the first attempt of its deliveries."""
+        polling = self._running()[1]
+        result = await polling.run_once()
+        if result is None:
+            raise CycleFailed(polling.error or "cycle failed")
+        return result
+
+    async def deliveries(self, status: str | None, limit: int) -> list[dict[str, Any]]:
+        return await self._running()[0].deliveries.recent(status, limit)
+
+    async def replay(self, delivery_id: str) -> str | None:
+        store, _, maintenance = self._running()
+        before = await store.deliveries.replay(delivery_id, self.clock())
+        if before is not None and before != "withdrawn":
+            await maintenance.settle_outbox()  # rebuilt before it goes
+            self.wake_deliveries()
+        return before
+
+    async def replay_dead(self, since: datetime | None) -> int:
+        store, _, maintenance = self._running()
+        count = await store.deliveries.replay_dead(since, self.clock())
+        await maintenance.settle_outbox()  # rebuilt before they go: completed carts leave them
+        self.wake_deliveries()
+        return count
+
+    async def preview(self, agent_id: UUID | None, integration_id: UUID | None,
+                      limit: int) -> dict[str, Any]:
+        """What a cycle would deliver now, recorded nowhere (README "Previewing a store")."""
+        return await preview.preview(self._running()[0], self._config, self.clock(),
+                                     agent_id=agent_id, integration_id=integration_id,
+                                     limit=limit)
+
+    async def integrations(self, failing: bool, limit: int) -> list[dict[str, Any]]:
+        config = self._config
+        rows = await self._running()[0].agents.integrations(
+            slug=config.polling.template_slug, failing=failing, limit=limit)
+        for row in rows:  # never polled, no mode in its config: the default one
+            row["mode"] = row["mode"] or config.platforms.default_mode
+        return rows
+
+    async def forget(self, **person: Any) -> dict[str, int]:
+        """Erase one person from everything cartd keeps (README "Personal data")."""
+        counts = await outbox.forget(self._running()[0], self.clock(), **person)
+        self.metrics.deliveries_by_outcome["withdrawn"].inc(counts["deliveries_withdrawn"])
+        self.wake_deliveries()
+        return counts

@@ -1,26 +1,24 @@
-"""Delivery workers: claim due outbox rows, sign, POST, classify, schedule retries."""
+"""The deliverer service: claim due outbox rows, sign, POST, classify (cartd.attempts),
+write the outcomes; fair shares of the slots between destinations."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
 
 from cartd import __version__
+from cartd.attempts import Attempt, Breakers, decide, destination, failed, retry_after_seconds
 from cartd.config import Config
+from cartd.db import DB_ERRORS, Claimed, Outcome, Store
+from cartd.services import Stopping, cancel
 from cartd.signing import Signer
-from cartd.store import DB_ERRORS, Claimed, Outcome, Store
 
 log = structlog.get_logger("cartd.delivery")
 
@@ -31,119 +29,7 @@ BUFFER_MAX_AGE = 1.0  # seconds a claimed row may wait in memory for a slot
 # what a crash would send twice (and keeps each outcome statement small).
 UNRECORDED_MAX = 4
 IDLE_WAIT = 1.0
-RETRYABLE = {408, 425, 429}
 MAX_ANSWER = 64 * 1024  # bytes of a receiver's answer worth reading
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """What the receiver did with one attempt, before it becomes an Outcome."""
-
-    result: str  # 2xx, 3xx, 4xx, 5xx, timeout, error
-    http_status: int | None
-    error: str | None
-    retry_after: float | None = None
-    seconds: float = 0.0
-
-
-def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """`Retry-After` as seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-def decide(
-    attempt: Attempt, attempts_before: int, config: Config, now: datetime,
-    rng: random.Random = random.Random(),
-) -> tuple[str, datetime | None]:
-    """The delivery's next status and next attempt time after this attempt."""
-    if attempt.result == "2xx":
-        return "delivered", None
-    if attempt.result == "4xx" and attempt.http_status not in RETRYABLE:
-        return "dead", None
-    schedule = config.webhook.retry_schedule
-    if attempts_before >= len(schedule):
-        return "dead", None
-    base = schedule[attempts_before]
-    jitter = config.webhook.retry_jitter
-    delay = base * (1 + rng.uniform(-jitter, jitter))
-    if attempt.retry_after is not None and attempt.http_status in (429, 503):
-        delay = min(max(attempt.retry_after, delay), 2 * delay)
-    return "pending", now + timedelta(seconds=delay)
-
-
-@functools.lru_cache(maxsize=1024)
-def destination(url: str) -> str:
-    """`scheme://host:port` of a URL: what breakers and fair shares are kept for."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
-    except ValueError:  # a port out of range: the attempt fails as a connection error
-        port = 0
-    return f"{parts.scheme}://{parts.hostname}:{port}"
-
-
-def failed(attempt: Attempt) -> bool:
-    """Whether an attempt counts against its destination's breaker: anything but a 2xx or
-    a 4xx that rejects the payload (the receiver is up and answering)."""
-    if attempt.result == "4xx":
-        return attempt.http_status in RETRYABLE
-    return attempt.result != "2xx"
-
-
-class Breakers:
-    """Circuit breakers per destination (SPEC §2), in this instance's memory: each
-    instance judges a destination by its own attempts, so a dead instance leaves no open
-    breaker behind and no attempt waits on a database write. With N instances an open
-    destination gets up to N probes per `webhook.breaker_probe`."""
-
-    def __init__(self) -> None:
-        self._failures: Counter[str] = Counter()  # consecutive failed attempts
-        self._probe_at: dict[str, datetime] = {}  # open breakers: when the next probe may go
-        self._probing: set[str] = set()
-
-    def open_count(self) -> int:
-        return len(self._probe_at)
-
-    def is_open(self, dest: str) -> bool:
-        return dest in self._probe_at
-
-    def failing(self, dest: str) -> bool:
-        return self._failures[dest] > 0
-
-    def blocked(self, dest: str, now: datetime) -> bool:
-        """Open, with its probe in flight or not yet due."""
-        return dest in self._probing or (dest in self._probe_at and now < self._probe_at[dest])
-
-    def admit(self, dest: str) -> None:
-        """An attempt to `dest` starts: while open, it is the probe."""
-        if dest in self._probe_at:
-            self._probing.add(dest)
-
-    def record(self, dest: str, failure: bool, now: datetime, config: Config) -> str | None:
-        """Count an attempt's result; returns "opened" or "closed" when the breaker turns."""
-        self._probing.discard(dest)
-        if not failure:
-            self._failures.pop(dest, None)
-            return "closed" if self._probe_at.pop(dest, None) is not None else None
-        self._failures[dest] += 1
-        if dest in self._probe_at or self._failures[dest] >= config.webhook.breaker_failures:
-            opened = dest not in self._probe_at
-            self._probe_at[dest] = now + timedelta(seconds=config.webhook.breaker_probe)
-            return "opened" if opened else None
-        return None
 
 
 class OutcomeWriter:
@@ -177,7 +63,7 @@ class OutcomeWriter:
             batch, self._queue = self._queue, []
             while True:
                 try:
-                    written = await self.store.record_outcomes(batch, self.instance_id)
+                    written = await self.store.deliveries.record_outcomes(batch, self.instance_id)
                     break
                 except DB_ERRORS as exc:
                     log.warning("delivery_outcomes_not_recorded", count=len(batch),
@@ -226,13 +112,18 @@ class Deliverer:
         self._fill_again = False  # woken while a fill was running
         self._signer = Signer(())
         self._session: aiohttp.ClientSession | None = None
-        self._stopping = False
+        self._stopping = Stopping()  # its own, until run() is given the daemon's
 
     def wake(self) -> None:
         """New work may be due (called after the outbox is written)."""
         self._wake.set()
 
-    async def run(self) -> None:
+    async def run(self, stopping: Stopping | None = None) -> None:
+        """Deliver until the stop begins (`stopping`, or `stop()`), then let the attempts in
+        flight finish by its deadline."""
+        if stopping is not None:
+            self._stopping = stopping
+        self._stopping.on_set(self._wake.set)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         # No aiohttp timeouts: each attempt has its own deadline (webhook.timeout).
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
@@ -240,7 +131,7 @@ class Deliverer:
         writer = asyncio.create_task(self._outcomes.run())
         fill: asyncio.Task[None] | None = None
         try:
-            while not self._stopping:
+            while not self._stopping.is_set():
                 # Cleared first: a wake-up or a finished attempt during a fill is seen.
                 self._wake.clear()
                 if fill is None or fill.done():
@@ -260,11 +151,14 @@ class Deliverer:
                     async with asyncio.timeout(IDLE_WAIT):
                         await self._wake.wait()
         finally:
-            if fill is not None:
-                await asyncio.gather(fill, return_exceptions=True)
-            await self._drain()
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            try:
+                if fill is not None:
+                    await asyncio.gather(fill, return_exceptions=True)
+                await self._drain()
+            finally:  # also when the daemon cancels the drain at its deadline
+                await cancel([writer, *self._inflight])
+                if self._session is not None:
+                    await self._session.close()
 
     def _recorded(self, ids: list[str]) -> None:
         self._attempting.difference_update(ids)
@@ -278,9 +172,9 @@ class Deliverer:
             self._wake.set()
 
     def stop(self) -> None:
-        """Stop taking work; `run` returns once in-flight attempts finish or time out."""
-        self._stopping = True
-        self._wake.set()
+        """Stop taking work; `run` returns once in-flight attempts finish or time out
+        (within `shutdown_timeout`)."""
+        self._stopping.set(self.config().shutdown_timeout)
 
     async def _fill(self) -> None:
         config = self.config()
@@ -321,7 +215,7 @@ class Deliverer:
                     if self._full(dest, now, cap, ahead=free <= 0, concurrency=concurrency)
                     for url in urls]
             try:
-                claimed = await self.store.claim_deliveries(
+                claimed = await self.store.deliveries.claim(
                     instance=self.instance_id, now=now, lease=lease, limit=limit,
                     default_url=config.webhook.url, exclude=full,
                     max_age=timedelta(seconds=config.webhook.max_delivery_age),
@@ -402,22 +296,22 @@ class Deliverer:
 
     async def _unclaim(self, ids: list[str]) -> None:
         try:
-            await self.store.unclaim(self.instance_id, ids)
+            await self.store.deliveries.unclaim(self.instance_id, ids)
         except DB_ERRORS as exc:
             log.debug("delivery_unclaim_failed", error=str(exc))  # their lease runs out
 
     async def _drain(self) -> None:
+        """Give back what memory holds, let the attempts in flight finish and their outcomes
+        be written, by the stop's deadline; attempts still running then are cancelled (their
+        claims are given back at exit, or their lease runs out)."""
+        self._stopping.set(self.config().shutdown_timeout)  # a stop, if none began: a failure
         await self._return_stale(everything=True)
-        deadline = time.monotonic() + self.config().shutdown_timeout
+        deadline = time.monotonic() + self._stopping.remaining()
         if self._inflight:
             _, pending = await asyncio.wait(self._inflight, timeout=deadline - time.monotonic())
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await cancel(pending)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._outcomes.flush(), max(0.0, deadline - time.monotonic()))
-        if self._session is not None:
-            await self._session.close()
 
     async def _deliver(self, row: Claimed, dest: str, config: Config, signer: Signer) -> None:
         """One attempt; its outcome goes to the writer and the slot is free at once."""

@@ -11,15 +11,18 @@ import uuid
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from faker import Faker
 
 from cartd.config import Config
+from cartd.cycle import CycleSummary
 from cartd.daemon import Daemon
-from cartd.poller import CycleSummary
+from cartd.db import Store
+from cartd.db.queries import load
 from cartd.receiver import Received, Receiver
-from cartd.store import Store
 
+SQL = load("cartd", "demo.sql")
 PLATFORMS = ("shopify", "woocommerce", "custom")
 OTHER_TEMPLATES = ("customer-support", "lead-qualifier", "order-status")
 
@@ -51,10 +54,24 @@ def demo_rows(agents: int, slug: str, seed: int = 7) -> tuple[list, list, list]:
     return companies, agent_rows, integrations
 
 
+async def insert_rows(
+    store: Store,
+    companies: list[tuple[Any, ...]],
+    agents: list[tuple[Any, ...]],
+    integrations: list[tuple[Any, ...]],
+) -> None:
+    """Insert rows into the application tables, in one transaction; each row holds its
+    columns in the order of the query's parameters (`cartd/demo.sql`)."""
+    async with store.pool.acquire() as conn, conn.transaction():
+        await SQL["insert_company"].executemany(conn, companies)
+        await SQL["insert_agent"].executemany(conn, agents)
+        await SQL["insert_integration"].executemany(conn, integrations)
+
+
 async def seed(store: Store, agents: int, slug: str) -> int:
     """Insert demo agents; returns how many of them cartd will poll."""
     companies, agent_rows, integrations = demo_rows(agents, slug, seed=random.getrandbits(32))
-    await store.seed_demo(companies, agent_rows, integrations)
+    await insert_rows(store, companies, agent_rows, integrations)
     return sum(1 for a in agent_rows if a[3] == slug and a[4])
 
 
@@ -105,7 +122,7 @@ async def run_demo(config: Config, *, agents: int, cycles: int | None, interval:
                 done.set()
 
         async def prepare(store: Store) -> None:
-            await store.migrate(app_tables=True)
+            await store.maintenance.migrate(app_tables=True)
             polled = await seed(store, agents, config.polling.template_slug)
             print(f"seeded {agents} demo agents, {polled} of them abandoned-cart agents", flush=True)
 
@@ -130,7 +147,7 @@ async def _settle(store: Store, deadline: float) -> None:
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     while loop.time() < end:
-        pending = await store.list_deliveries("pending", 1000)
+        pending = await store.deliveries.recent("pending", 1000)
         if not any(d["attempts"] == 0 for d in pending):
             return
         await asyncio.sleep(0.2)

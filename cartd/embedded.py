@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +30,17 @@ def start(state_dir: str) -> tuple[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmbeddedUnavailable(f"embedded PostgreSQL under {data} failed to start: {first}") from None
     return server.get_uri(), server
+
+
+@contextlib.asynccontextmanager
+async def database(dsn: str, state_dir: str) -> AsyncIterator[str]:
+    """`dsn`; when it is empty, the DSN of the embedded server under `state_dir`, which
+    runs for the block."""
+    if dsn:
+        yield dsn
+        return
+    uri, server = await asyncio.to_thread(start, state_dir)
+    try:
+        yield uri
+    finally:
+        await asyncio.to_thread(server.cleanup)

@@ -1,8 +1,12 @@
-"""The Prometheus metrics of SPEC §8, on a registry of cartd's own."""
+"""The Prometheus metrics (README "Metrics and alerts"), on a registry of cartd's own, and
+how a cycle and an attempt are counted in them."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import (
@@ -17,6 +21,10 @@ from prometheus_client import (
 
 from cartd import __version__
 from cartd.sources import PLATFORMS
+
+if TYPE_CHECKING:
+    from cartd.cycle import CycleSummary
+    from cartd.attempts import Attempt
 
 disable_created_metrics()
 
@@ -94,8 +102,46 @@ class Metrics:
         self.deliveries_by_outcome = {o: self.deliveries.labels(o) for o in DELIVERY_OUTCOMES}
         self.config_last_success.set(time.time())
 
+    def count_cycle(self, summary: CycleSummary, seconds: float) -> None:
+        self.poll_cycles.labels("ok").inc()
+        self.cycle_duration.observe(seconds)
+        self.last_success.set(time.time())
+        self.agents_found.set(summary.agents_found)
+        for (platform, outcome), n in summary.polls.items():
+            if platform in PLATFORMS:  # an unknown platform would be an unbounded label
+                self.integration_polls.labels(platform, outcome).inc(n)
+        for platform, n in summary.new_by_platform.items():
+            self.carts_detected.labels(platform).inc(n)
+        for platform, n in summary.recovered_by_platform.items():
+            self.carts_recovered.labels(platform).inc(n)
+        for (platform, currency), value in summary.value_by.items():
+            self.carts_value.labels(platform, currency).inc(float(value))
+
+    def count_failed_cycle(self, seconds: float) -> None:
+        self.poll_cycles.labels("error").inc()
+        self.cycle_duration.observe(seconds)
+
+    def count_attempt(self, attempt: Attempt, status: str) -> None:
+        """An attempt's result, and what the delivery's status became."""
+        self.attempts_by_result[attempt.result].inc()
+        self.attempt_duration.observe(attempt.seconds)
+        outcome = status if status in ("delivered", "dead") else "retried"
+        self.deliveries_by_outcome[outcome].inc()
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    @contextlib.asynccontextmanager
+    async def serving(self, listen: str) -> AsyncIterator[None]:
+        """`/metrics` on `listen` (HOST:PORT) for the block."""
+        host, _, port = listen.rpartition(":")
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host.strip("[]") or None, int(port)).start()
+            yield
+        finally:
+            await runner.cleanup()
 
     def app(self) -> web.Application:
         async def metrics(_: web.Request) -> web.Response:

@@ -13,7 +13,7 @@ from uuid import UUID
 import structlog
 
 from cartd import payload
-from cartd.store import Refreshed, Stale, Store
+from cartd.db import Refreshed, Stale, Store
 
 log = structlog.get_logger("cartd.outbox")
 
@@ -64,7 +64,7 @@ async def refresh(store: Store, now: datetime, only: list[str] | None = None) ->
     """Rebuild every stale delivery that no attempt holds (of `only`, when given)."""
     result = Refresh()
     while True:
-        done, settled = await store.refresh_stale(now=now, limit=REFRESH_BATCH,
+        done, settled = await store.outbox.refresh_stale(now=now, limit=REFRESH_BATCH,
                                                   rebuild=refreshed, only=only)
         result.add(done, settled)
         if len(done) < REFRESH_BATCH:
@@ -85,7 +85,7 @@ def duration_text(seconds: float) -> str:
 async def expire(store: Store, now: datetime, max_age_seconds: float) -> list[str]:
     """Dead-letter the detected deliveries not delivered within `max_age_seconds` of being
     recorded (README "Delivery guarantees")."""
-    ids = await store.expire(
+    ids = await store.outbox.expire(
         now=now, recorded_before=now - timedelta(seconds=max_age_seconds),
         reason=f"expired: not delivered within {duration_text(max_age_seconds)}")
     if ids:
@@ -98,9 +98,9 @@ async def forget(store: Store, now: datetime, *, email: str | None = None,
                  integration_id: UUID | None = None) -> dict[str, int]:
     """Erase one person (by email, or by customer id within one integration) from
     everything cartd keeps; returns the counts. The log line names no personal data."""
-    keys = await store.subject_keys()
+    keys = await store.subjects.keys()
     key = keys.email(email) if integration_id is None else keys.customer(customer_id)
-    carts, deliveries = await store.forget(key=key or b"", integration_id=integration_id)
+    carts, deliveries = await store.subjects.forget(key=key or b"", integration_id=integration_id)
     result = await refresh(store, now, only=deliveries) if deliveries else Refresh()
     counts = {
         "carts": carts,
@@ -108,7 +108,7 @@ async def forget(store: Store, now: datetime, *, email: str | None = None,
         "deliveries_withdrawn": len(result.withdrawn),
         "deliveries_redacted": result.counts["redacted"],
         # in flight now: rebuilt or redacted as soon as their attempt ends
-        "deliveries_in_flight": await store.count_stale(deliveries) if deliveries else 0,
+        "deliveries_in_flight": await store.outbox.count_stale(deliveries) if deliveries else 0,
     }
     log.info("subject_forgotten", by="email" if integration_id is None else "customer_id",
              **counts)

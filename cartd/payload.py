@@ -1,4 +1,5 @@
-"""The webhook body of SPEC §2: built from carts with Decimal money, serialised once."""
+"""The webhook body (README "The payload"): built from carts with Decimal money, serialised
+once; rebuilt without some carts, or with their customers redacted."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from cartd.sources.model import Cart, minor_units, quantize
+from cartd.model import Cart, minor_units, quantize
 
 DETECTED = "abandoned_cart.detected"
 RECOVERED = "abandoned_cart.recovered"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -12,19 +13,19 @@ import orjson
 
 from cartd import payload
 from cartd.config import Config
-from cartd.poller import Job, Poller, build_deliveries, fetch_job, plan
-from cartd.sources.model import Cart
+from cartd.cycle import Job, build_deliveries, fetch_job, plan
+from cartd.db import Store
+from cartd.model import Cart
 
 ALREADY_DELIVERED = "already delivered"
 
 
-async def preview(poller: Poller, *, agent_id: UUID | None, integration_id: UUID | None,
-                  limit: int) -> dict[str, Any]:
-    """Poll the matching agents (or the one given, or the one integration given) now and
-    return, per integration, the carts kept and those filtered out with the reason, and
-    the payloads a cycle would send; at most `limit` carts are listed per list."""
-    config, now, store = poller.config(), poller.clock(), poller.store
-    agents = await store.preview_agents(slug=config.polling.template_slug, agent_id=agent_id,
+async def preview(store: Store, config: Config, now: datetime, *, agent_id: UUID | None,
+                  integration_id: UUID | None, limit: int) -> dict[str, Any]:
+    """Poll the matching agents (or the one given, or the one integration given) at `now`
+    and return, per integration, the carts kept and those filtered out with the reason,
+    and the payloads a cycle would send; at most `limit` carts are listed per list."""
+    agents = await store.agents.preview(slug=config.polling.template_slug, agent_id=agent_id,
                                         integration_id=integration_id)
     jobs, unpolled = await plan(store, agents, config)
     gate = asyncio.Semaphore(config.polling.source_concurrency)
@@ -36,7 +37,7 @@ async def preview(poller: Poller, *, agent_id: UUID | None, integration_id: UUID
 
     errors = await asyncio.gather(*(fetch_one(job) for job in jobs))
     reasons = {id(job): _reasons(job, now) for job in jobs if job.fetched is not None}
-    known = await store.known_carts([(job.integration.id, cart.cart_id) for job in jobs
+    known = await store.outbox.known_carts([(job.integration.id, cart.cart_id) for job in jobs
                                      for cart, why in reasons.get(id(job), ()) if why is None])
     results = [_integration(job, error, reasons.get(id(job), []), known, config, now, limit)
                for job, error in zip(jobs, errors, strict=True)]
@@ -53,14 +54,14 @@ async def preview(poller: Poller, *, agent_id: UUID | None, integration_id: UUID
     }
 
 
-def _reasons(job: Job, now: Any) -> list[tuple[Cart, str | None]]:
+def _reasons(job: Job, now: datetime) -> list[tuple[Cart, str | None]]:
     assert job.fetched is not None
     drop_reason = job.rules.drop_reason
     return [(cart, drop_reason(cart, now)) for cart in job.fetched.carts]
 
 
 def _integration(job: Job, error: str | None, reasons: list[tuple[Cart, str | None]],
-                 known: set[tuple[UUID, str]], config: Config, now: Any,
+                 known: set[tuple[UUID, str]], config: Config, now: datetime,
                  limit: int) -> dict[str, Any]:
     entry: dict[str, Any] = {"integration_id": job.integration.id, "agent_id": job.agent.id,
                              "platform": job.integration.platform,

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cartd.store import Store
+from cartd.db import Store
 from helpers import Scripted, add_agents, serving
 
 

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, settings
 
-from cartd.store import Store
+from cartd.db import Store
 
 # Property tests (tests/test_fuzz.py): the CI profile runs by default; the long one by
 # hand, with HYPOTHESIS_PROFILE=fuzz or `-m fuzz` (README "Reliability").
@@ -73,7 +73,7 @@ async def dsn(pg_server: str) -> AsyncIterator[str]:
 async def store(dsn: str) -> AsyncIterator[Store]:
     """A migrated database with the application tables."""
     store = await Store.connect(dsn, 1, 10)
-    await store.migrate(app_tables=True)
+    await store.maintenance.migrate(app_tables=True)
     try:
         yield store
     finally:

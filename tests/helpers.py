@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from cartd.config import Config, build
-from cartd.store import Store
+from cartd.db import Store
+from cartd.demo import insert_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 SLUG = "ecommerce-abandoned-cart"
@@ -93,7 +94,7 @@ async def add_agents(
             off = uuid.uuid4()
             integrations.append((off, agent, platform, False, {"mode": "mock"}))
             data.inactive_integrations.append(off)
-    await store.seed_demo(companies, agents, integrations)
+    await insert_rows(store, companies, agents, integrations)
     return data
 
 

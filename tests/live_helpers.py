@@ -9,9 +9,9 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+from cartd.db import Store
 from cartd.delivery import Deliverer
-from cartd.poller import Poller
-from cartd.store import Store
+from cartd.polling import Poller
 from helpers import Clock, Scripted, add_agents, config, wait_until
 
 DETECTED, RECOVERED = "abandoned_cart.detected", "abandoned_cart.recovered"

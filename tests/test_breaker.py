@@ -10,9 +10,10 @@ import time
 import uuid
 from datetime import datetime, timedelta
 
-from cartd.delivery import Attempt, Deliverer, destination, failed
+from cartd.attempts import Attempt, destination, failed
+from cartd.db import NewDelivery, Store
+from cartd.delivery import Deliverer
 from cartd.payload import dumps, new_webhook_id
-from cartd.store import NewDelivery, Store
 from helpers import Clock, config, scripted_receiver, wait_until
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
@@ -26,13 +27,13 @@ async def enqueue_to(store: Store, at: datetime, url: str | None, n: int) -> lis
                     body=dumps({"type": "abandoned_cart.detected", "n": i}), carts=1)
         for i in range(n)
     ]
-    await store.record(now=at, detected=[], completed=[], build=lambda *_: deliveries,
+    await store.outbox.record(now=at, detected=[], completed=[], build=lambda *_: deliveries,
                        sources=[], agents=[], instance="t")
     return [d.id for d in deliveries]
 
 
 async def delivered(store: Store, ids: list[str]) -> bool:
-    return (await store.attempt_states(ids))["delivered"] == len(ids)
+    return (await store.deliveries.attempt_states(ids))["delivered"] == len(ids)
 
 
 async def attempts(store: Store, ids: list[str]) -> list[int]:
@@ -67,7 +68,7 @@ async def test_breaker_opens_holds_the_destination_probes_and_closes(store):
             assert len(bad.requests) == 3
             # The held deliveries are due but wait, not failed and not counted.
             assert await attempts(store, bad_ids) == [0, 0, 0, 1, 1, 1]
-            assert (await store.delivery_counts())["pending"] == 6
+            assert (await store.deliveries.counts())["pending"] == 6
 
             good_ids = await enqueue_to(store, clock.now, good.url, 5)
             deliverer.wake()

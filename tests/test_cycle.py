@@ -8,9 +8,9 @@ from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
 
+from cartd.db import Store
 from cartd.delivery import Deliverer
-from cartd.poller import Poller
-from cartd.store import Store
+from cartd.polling import Poller
 from helpers import SLUG, Clock, add_agents, config, scripted_receiver, wait_until
 
 
@@ -26,12 +26,12 @@ async def bodies(store: Store) -> list[dict]:
 
 async def test_concurrent_claimers_claim_every_agent_exactly_once(store):
     data = await add_agents(store, 300, skipped=40)
-    await store.register_agents(SLUG)
+    await store.agents.register(SLUG)
     clock = Clock()
     claimed: list = []
 
     async def claimer(n: int) -> None:
-        while batch := await store.claim_agents(
+        while batch := await store.agents.claim(
             slug=SLUG, instance=f"claimer-{n}", now=clock.now, interval=timedelta(seconds=30),
             lease=timedelta(minutes=2), limit=7,
         ):
@@ -39,21 +39,21 @@ async def test_concurrent_claimers_claim_every_agent_exactly_once(store):
 
     await asyncio.gather(*(claimer(n) for n in range(10)))
     assert Counter(claimed) == Counter(data.polled_agents)
-    again = await store.claim_agents(slug=SLUG, instance="late", now=clock.now + timedelta(seconds=5),
+    again = await store.agents.claim(slug=SLUG, instance="late", now=clock.now + timedelta(seconds=5),
                                      interval=timedelta(seconds=30), lease=timedelta(minutes=2), limit=500)
     assert again == []
 
 
 async def test_a_dead_instances_claims_return_after_the_lease(store):
     data = await add_agents(store, 5)
-    await store.register_agents(SLUG)
+    await store.agents.register(SLUG)
     clock = Clock()
     args = dict(slug=SLUG, interval=timedelta(seconds=30), lease=timedelta(seconds=60), limit=50)
-    assert len(await store.claim_agents(instance="dies", now=clock.now, **args)) == 5
+    assert len(await store.agents.claim(instance="dies", now=clock.now, **args)) == 5
     clock.advance(seconds=40)  # due again, but the lease still holds
-    assert await store.claim_agents(instance="other", now=clock.now, **args) == []
+    assert await store.agents.claim(instance="other", now=clock.now, **args) == []
     clock.advance(seconds=30)  # lease ran out
-    taken = await store.claim_agents(instance="other", now=clock.now, **args)
+    taken = await store.agents.claim(instance="other", now=clock.now, **args)
     assert sorted(a.id for a in taken) == sorted(data.polled_agents)
 
 
@@ -169,7 +169,7 @@ async def test_a_cart_that_completes_after_delivery_sends_one_recovered_event(st
 
 
 async def _nothing_pending(store: Store) -> bool:
-    return (await store.delivery_counts())["pending"] == 0
+    return (await store.deliveries.counts())["pending"] == 0
 
 
 async def test_payloads_split_at_max_carts_per_payload(store):
@@ -205,7 +205,7 @@ async def test_run_once_polls_agents_that_are_not_due(store):
 async def test_an_agent_url_outside_the_allowlist_is_dead_lettered(store):
     await add_agents(store, 1, settings={"webhook_url": "https://evil.example.net/hook"})
     summary, ids = await poller(store, Clock()).run_cycle()
-    rows = await store.list_deliveries(None, 100)
+    rows = await store.deliveries.recent(None, 100)
     assert rows and all(r["status"] == "dead" for r in rows)
     assert "allowed_override_hosts" in rows[0]["last_error"]
     assert ids == []

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from standardwebhooks import Webhook
 
-from cartd.store import Store
+from cartd.db import Store
 from helpers import ROOT, Scripted, add_agents, scripted_receiver, wait_until
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
@@ -115,7 +115,7 @@ async def test_run_delivers_signed_webhooks_from_every_platform_and_stops_on_sig
 
 
 async def _all_delivered(store: Store) -> bool:
-    counts = await store.delivery_counts()
+    counts = await store.deliveries.counts()
     return counts["delivered"] > 0 and counts["pending"] == 0
 
 
@@ -128,7 +128,7 @@ async def test_kill_9_mid_delivery_then_restart_delivers_every_recorded_cart(sto
             await wait_until(lambda: receiver.active > 0, timeout=30)
             proc.kill()
             await proc.wait()
-        assert (await store.delivery_counts())["pending"] > 0
+        assert (await store.deliveries.counts())["pending"] > 0
         receiver.default = (200, {}, 0.0)
         async with daemon(config) as proc:
             await wait_until(lambda: _all_delivered(store), timeout=40)

@@ -13,9 +13,10 @@ import asyncpg
 import pytest
 from standardwebhooks import Webhook
 
-from cartd.delivery import UNRECORDED_MAX, Attempt, Deliverer, decide, retry_after_seconds
+from cartd.attempts import Attempt, decide, retry_after_seconds
+from cartd.db import NewDelivery, Store
+from cartd.delivery import UNRECORDED_MAX, Deliverer
 from cartd.payload import dumps, new_webhook_id
-from cartd.store import NewDelivery, Store
 from helpers import Clock, Scripted, config, scripted_receiver, wait_until
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
@@ -36,7 +37,7 @@ async def enqueue(store: Store, clock: Clock, n: int = 1) -> list[str]:
                     body=dumps({"type": "abandoned_cart.detected", "n": i}), carts=1)
         for i in range(n)
     ]
-    await store.record(now=clock.now, detected=[], completed=[], build=lambda *_: deliveries,
+    await store.outbox.record(now=clock.now, detected=[], completed=[], build=lambda *_: deliveries,
                        sources=[], agents=[], instance="t")
     return [d.id for d in deliveries]
 
@@ -190,7 +191,7 @@ async def test_a_database_that_records_no_outcome_stops_new_attempts(store, dsn,
 
 
 async def _all_delivered(store: Store, ids: list[str]) -> bool:
-    return (await store.attempt_states(ids))["delivered"] == len(ids)
+    return (await store.deliveries.attempt_states(ids))["delivered"] == len(ids)
 
 
 def test_the_retry_schedule_and_dead_lettering():

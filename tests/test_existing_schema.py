@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from cartd.store import Store, problem
+from cartd.db import Store, problem
 from helpers import SLUG, scripted_receiver
 from test_operations import cartd_run
 
@@ -139,8 +139,8 @@ async def test_a_schema_cartd_made_for_the_role_serves_without_create_on_the_dat
     await grant(dsn, f"GRANT SELECT ON {VIEWS} TO {role}; CREATE SCHEMA cartd AUTHORIZATION {role}")
     store = await Store.connect(as_role(dsn, role), 1, 2)
     try:
-        assert "001_init.sql" in await store.migrate()
-        await store.register_agents(SLUG)
+        assert "001_init.sql" in await store.maintenance.migrate()
+        await store.agents.register(SLUG)
     finally:
         await store.close()
 

@@ -27,10 +27,11 @@ from hypothesis import strategies as st
 
 from cartd import payload
 from cartd.config import MockConfig
-from cartd.poller import Rules, agent_rules
+from cartd.model import Cart, MalformedRecord, minor_units, quantize
+from cartd.rules import Rules, agent_rules
 from cartd.sources import custom, shopify, woocommerce
+from cartd.sources.fields import Gathered
 from cartd.sources.mock import mock_records
-from cartd.sources.model import Cart, Gathered, MalformedRecord, minor_units, quantize
 from helpers import config
 from test_sources import custom_cart, graphql_node, rest_checkout, woo_order
 

@@ -15,9 +15,11 @@ import pytest
 import structlog
 from aiohttp import web
 
-from cartd.daemon import Daemon
-from cartd.poller import Poller, agent_card, plan
-from cartd.store import AgentWork
+from cartd.cycle import plan
+from cartd.db import AgentWork, DatabaseHealth
+from cartd.metrics import Metrics
+from cartd.polling import Poller, PollLoop
+from cartd.rules import agent_card
 from helpers import Clock, config, scripted_receiver, serving, wait_until
 from test_reliability import bad_agent, custom_cart
 
@@ -244,11 +246,11 @@ async def test_an_agent_whose_rows_a_payload_cannot_carry_fails_alone(
 
 
 async def test_an_unexpected_exception_fails_that_cycle_and_the_next_one_runs(store):
-    daemon = Daemon(config(polling={"interval": "1h"}))
-    daemon.store = store
-    daemon.database.succeeded("cycle")  # connected
-    daemon.poller = Poller(store, daemon.config, instance_id="d", clock=Clock())
-    real = store.source_states
+    cfg, database, metrics = config(polling={"interval": "1h"}), DatabaseHealth(), Metrics()
+    database.succeeded("cycle")  # connected
+    polling = PollLoop(Poller(store, lambda: cfg, instance_id="d", clock=Clock()),
+                       database=database, metrics=metrics, enabled=True)
+    real = store.agents.source_states
     faults = [RuntimeError("a bug")]
 
     async def source_states(ids):
@@ -256,15 +258,15 @@ async def test_an_unexpected_exception_fails_that_cycle_and_the_next_one_runs(st
             raise faults.pop()
         return await real(ids)
 
-    store.source_states = source_states
+    store.agents.source_states = source_states
     await bad_agent(store, {}, "custom", {"mode": "mock"})
     with structlog.testing.capture_logs() as logs:
-        assert await daemon.run_cycle() is None
-        assert (await daemon.run_cycle()) is not None
+        assert await polling.run_cycle() is None
+        assert (await polling.run_cycle()) is not None
     [failed] = [e for e in logs if e["event"] == "cycle_failed"]
     assert failed["log_level"] == "error" and failed["exc_info"] is True
     assert failed["error"] == "cycle failed: RuntimeError: a bug"
-    assert daemon.cycle_error is None and daemon.cycles == 1
-    samples = {s.labels["outcome"]: s.value for m in daemon.metrics.poll_cycles.collect()
+    assert polling.error is None and polling.cycles == 1
+    samples = {s.labels["outcome"]: s.value for m in metrics.poll_cycles.collect()
                for s in m.samples if s.name.endswith("_total")}
     assert samples == {"ok": 1, "error": 1}

@@ -15,10 +15,11 @@ import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
 
+from cartd.model import Cart
 from cartd.sources import http
+from cartd.sources.errors import IntegrationError
 from cartd.sources.live import fetch_live
 from cartd.sources.shopify_live import CHECKOUTS_PAGE, CHECKOUTS_QUERY, INLINE_LINES
-from cartd.sources.model import Cart, IntegrationError
 from fakestore import fake_store
 from helpers import config
 

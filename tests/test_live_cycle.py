@@ -178,7 +178,7 @@ async def test_a_crash_between_fetching_and_recording_rereads_the_same_carts(
 
     clock.advance(hours=2)
     shop.carts += make_carts(2, clock.now, first=700)
-    record = store.record
+    record = store.outbox.record
     calls = 0
 
     async def crash_once(**kwargs: Any) -> Any:
@@ -188,7 +188,7 @@ async def test_a_crash_between_fetching_and_recording_rereads_the_same_carts(
             raise ConnectionError("the process died here")
         return await record(**kwargs)
 
-    monkeypatch.setattr(store, "record", crash_once)
+    monkeypatch.setattr(store.outbox, "record", crash_once)
     with pytest.raises(ConnectionError):
         await cycle.poller("dies").run_cycle(force=True)
     assert await store.pool.fetchval("SELECT count(*) FROM cartd.deliveries") == 1

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import yaml
 
-from cartd.store import Store
+from cartd.db import Store
 from helpers import ROOT, add_agents, scripted_receiver, wait_until
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
@@ -392,13 +392,13 @@ async def test_a_database_that_goes_away_and_comes_back(store, dsn, tmp_path):
         await wait_until(lambda: _nothing_pending(store), timeout=20)
         assert await d.terminate() == 0
     await proxy.down()
-    counts = await store.delivery_counts()
+    counts = await store.deliveries.counts()
     assert counts["pending"] == 0 and counts["delivered"] == len(
         {h["webhook-id"] for h, _ in receiver.requests})
 
 
 async def _nothing_pending(store: Store) -> bool:
-    return (await store.delivery_counts())["pending"] == 0
+    return (await store.deliveries.counts())["pending"] == 0
 
 
 async def _scraped_at_least(d: Cartd, name: str, n: float) -> bool:

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import pytest
 
-from cartd.store import Store
+from cartd.db import Store
 from cartshop import LateReceiver, bodies, cart, cartd_rows, complete, shops
 from helpers import ROOT, scripted_receiver, wait_until
 from test_operations import cartd_run, metric

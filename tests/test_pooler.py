@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import pgbouncer
-from cartd.store import Store
+from cartd.db import Store
 from helpers import ROOT, add_agents, scripted_receiver, wait_until
 from test_operations import cartd_run, metric
 
@@ -75,7 +75,7 @@ async def test_migrate_seed_and_several_cycles_with_deliveries_through_pgbouncer
             code, listed = await daemon.actl("deliveries", "--status", "delivered")
             errors = metric(await daemon.scrape(), 'cartd_poll_cycles_total{outcome="error"}')
             assert await daemon.terminate() == 0
-        counts = await direct.delivery_counts()
+        counts = await direct.deliveries.counts()
         await direct.close()
     log = daemon.log.read_text()
     assert "prepared statement" not in log and errors == 0, log[-2000:]
@@ -91,5 +91,5 @@ async def _cycles_with_deliveries(store: Store, n: int) -> bool:
 
 
 async def _all_delivered(store: Store) -> bool:
-    counts = await store.delivery_counts()
+    counts = await store.deliveries.counts()
     return counts["pending"] == 0 and counts["delivered"] > 0

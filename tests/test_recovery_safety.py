@@ -19,9 +19,9 @@ from standardwebhooks import Webhook
 
 from cartd import outbox
 from cartd.daemon import Daemon
+from cartd.db import Store
 from cartd.delivery import Deliverer
-from cartd.poller import Poller
-from cartd.store import Store
+from cartd.polling import Poller
 from cartshop import LateReceiver, bodies, cart, complete, shops
 from helpers import Clock, config, scripted_receiver, serving, wait_until
 from test_operations import SECRET, cartd_run, metric
@@ -195,7 +195,7 @@ async def test_a_detected_delivery_expires_after_max_delivery_age_and_a_recovere
         daemon = Daemon(cfg, clock=clock)
         running = asyncio.create_task(daemon.run())
         try:
-            await wait_until(lambda: daemon.poller is not None and daemon.database.reachable)
+            await wait_until(lambda: daemon.polling is not None and daemon.database.reachable)
             await daemon.run_once()  # x delivered
             receiver.default = (503, {}, 0.0)  # the receiver fails from now on
             complete(shop.carts["s"][0])
@@ -244,7 +244,7 @@ async def test_a_replay_leaves_out_carts_that_completed_and_a_purged_dead_delive
             summary, made = await poller.run_cycle(force=True)
             assert made == [] and summary.carts_recovered == 0  # c1 never reached anyone
             receiver.default = (200, {}, 0.0)
-            assert await store.replay(dead, clock()) == "dead"
+            assert await store.deliveries.replay(dead, clock()) == "dead"
             await outbox.refresh(store, clock())
             deliverer.wake()
             await wait_until(lambda: _status_of(store, dead, "delivered"))
@@ -254,9 +254,9 @@ async def test_a_replay_leaves_out_carts_that_completed_and_a_purged_dead_delive
     # retention: the carts' memory stays while a delivery holds them; a purged dead
     # delivery silences its carts, so none of them gets a recovered event later
     day = timedelta(days=1)
-    assert await store.purge(payloads_before=clock() - day, carts_before=clock() + day) == (0, 0)
+    assert await store.maintenance.purge(payloads_before=clock() - day, carts_before=clock() + day) == (0, 0)
     await store.pool.execute("UPDATE cartd.deliveries SET status = 'dead'")
-    assert await store.purge(payloads_before=clock() + day, carts_before=clock() - day) == (1, 0)
+    assert await store.maintenance.purge(payloads_before=clock() + day, carts_before=clock() - day) == (1, 0)
     silenced = await store.pool.fetch("SELECT cart_id FROM cartd.sent_carts WHERE silenced")
     assert [r["cart_id"] for r in silenced] == ["c2"]
-    assert await store.purge(payloads_before=clock() + day, carts_before=clock() + day) == (0, 2)
+    assert await store.maintenance.purge(payloads_before=clock() + day, carts_before=clock() + day) == (0, 2)

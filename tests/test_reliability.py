@@ -19,10 +19,11 @@ from decimal import Decimal
 import pytest
 from aiohttp import web
 
+from cartd.db import Store
 from cartd.delivery import Deliverer
-from cartd.poller import Poller
+from cartd.demo import insert_rows
+from cartd.polling import Poller
 from cartd.signing import Signer
-from cartd.store import Store
 from helpers import ROOT, SLUG, Clock, add_agents, config, scripted_receiver, wait_until
 from test_delivery import SECRET, enqueue, row
 
@@ -131,16 +132,16 @@ async def test_10000_carts_through_a_receiver_failing_30_percent(store):
     recorded = await store.pool.fetch("SELECT integration_id, cart_id FROM cartd.sent_carts")
     assert set(carts) == {(str(r["integration_id"]), r["cart_id"]) for r in recorded}
     assert max(carts.values()) == 1 and max(accepted.values()) == 1
-    assert (await store.delivery_counts())["dead"] == 0
+    assert (await store.deliveries.counts())["dead"] == 0
 
 
 async def _none_pending(store: Store) -> bool:
-    return (await store.delivery_counts())["pending"] == 0
+    return (await store.deliveries.counts())["pending"] == 0
 
 
 async def bad_agent(store: Store, settings, platform: str, integration_config) -> uuid.UUID:
     company, agent, integration = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await store.seed_demo([(company, "Odd Co", None, None, None)],
+    await insert_rows(store, [(company, "Odd Co", None, None, None)],
                           [(agent, company, "Odd agent", SLUG, True, settings)],
                           [(integration, agent, platform, True, integration_config)])
     return integration
@@ -413,7 +414,7 @@ async def _recorded(store: Store) -> tuple[set[tuple[str, str]], set[tuple[str, 
 
 
 async def _settled(store: Store) -> bool:
-    counts = await store.delivery_counts()
+    counts = await store.deliveries.counts()
     return counts["pending"] == 0 and counts["delivered"] > 0
 
 

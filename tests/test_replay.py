@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
-from cartd.store import Store
+from cartd.db import Store
 from helpers import add_agents, scripted_receiver, wait_until
 from test_operations import SECRET, cartd_run
 

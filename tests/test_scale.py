@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from cartd.store import Store
+from cartd.db import Store
 from helpers import Scripted, add_agents, scripted_receiver, wait_until
 from test_daemon import accounted, bodies, carts_received, recorded
 from test_operations import Cartd, cartd_run, metric
@@ -39,7 +39,7 @@ async def instance_id(d: Cartd) -> str:
 
 
 async def all_delivered(store: Store) -> bool:
-    counts = await store.delivery_counts()
+    counts = await store.deliveries.counts()
     return counts["delivered"] > 0 and counts["pending"] == 0 and counts["dead"] == 0
 
 

@@ -6,8 +6,8 @@ import asyncio
 import uuid
 from datetime import timedelta
 
-from cartd.poller import Poller
-from cartd.store import Outcome, Store
+from cartd.db import Outcome, Store
+from cartd.polling import Poller
 from helpers import SLUG, Clock, add_agents, config
 from test_breaker import enqueue_to
 
@@ -46,7 +46,7 @@ async def test_instances_asking_for_shares_at_once_clear_the_dead_ones_without_e
         await store.pool.execute("INSERT INTO cartd.instances VALUES ($1, $2)",
                                  f"dead-{n}", now - timedelta(minutes=5))
     shares = await asyncio.gather(*(
-        store.poll_share(slug=SLUG, instance=f"i{n}", now=now,
+        store.agents.poll_share(slug=SLUG, instance=f"i{n}", now=now,
                          live_until=now + timedelta(seconds=65))
         for n in range(6)))
     assert all(2 <= share <= 12 for share in shares)  # 1 to 6 instances seen, 12 agents
@@ -58,16 +58,16 @@ async def test_a_stale_instance_cannot_overwrite_a_delivery_another_took_over(st
     clock = Clock()
     [delivery_id] = await enqueue_to(store, clock.now, None, 1)
     claim = dict(lease=timedelta(seconds=10), limit=10, default_url=URL)
-    assert [c.id for c in await store.claim_deliveries(instance="a", now=clock.now, **claim)] \
+    assert [c.id for c in await store.deliveries.claim(instance="a", now=clock.now, **claim)] \
         == [delivery_id]
     clock.advance(seconds=5)  # a's lease holds
-    assert await store.claim_deliveries(instance="b", now=clock.now, **claim) == []
+    assert await store.deliveries.claim(instance="b", now=clock.now, **claim) == []
     clock.advance(seconds=6)  # a stalled past its lease: b takes the delivery over
-    assert len(await store.claim_deliveries(instance="b", now=clock.now, **claim)) == 1
+    assert len(await store.deliveries.claim(instance="b", now=clock.now, **claim)) == 1
     late = Outcome(delivery_id, "dead", 400, "HTTP 400", None, clock.now)
-    assert await store.record_outcomes([late], "a") == set()
+    assert await store.deliveries.record_outcomes([late], "a") == set()
     done = Outcome(delivery_id, "delivered", 200, None, None, clock.now)
-    assert await store.record_outcomes([done], "b") == {done.id}
+    assert await store.deliveries.record_outcomes([done], "b") == {done.id}
     row = await store.pool.fetchrow("SELECT * FROM cartd.deliveries WHERE id = $1", delivery_id)
     assert (row["status"], row["attempts"], row["attempted_by"]) == ("delivered", 1, "b")
     assert row["claimed_by"] is None and row["lease_until"] is None
@@ -79,11 +79,11 @@ async def test_claims_skip_excluded_urls_and_unclaim_gives_rows_back_untouched(s
     held += await enqueue_to(store, clock.now, URL, 1)  # the default URL, written out
     other = await enqueue_to(store, clock.now, "http://127.0.0.1:10/x", 2)
     claim = dict(instance="a", now=clock.now, lease=timedelta(seconds=10), default_url=URL)
-    got = await store.claim_deliveries(limit=10, exclude=[URL], **claim)
+    got = await store.deliveries.claim(limit=10, exclude=[URL], **claim)
     assert sorted(c.id for c in got) == sorted(other)
-    got = await store.claim_deliveries(limit=10, **claim)
+    got = await store.deliveries.claim(limit=10, **claim)
     assert sorted(c.id for c in got) == sorted(held)
-    await store.unclaim("a", held)
+    await store.deliveries.unclaim("a", held)
     rows = await store.pool.fetch(
         "SELECT attempts, claimed_by, lease_until FROM cartd.deliveries WHERE id = ANY($1)", held)
     assert [tuple(r) for r in rows] == [(0, None, None)] * 4
@@ -112,11 +112,11 @@ async def test_retention_purges_in_batches_and_the_dedupe_memory_outlives_the_pa
         await store.pool.execute("INSERT INTO cartd.sent_carts VALUES ($1, $2, $3)",
                                  integration, cart, now - age)
     # retention 7d, carts.max_age 14d: payloads go after 7 days, the memory after 14.
-    purged = await store.purge(payloads_before=now - 7 * DAY, carts_before=now - 14 * DAY,
+    purged = await store.maintenance.purge(payloads_before=now - 7 * DAY, carts_before=now - 14 * DAY,
                                batch=2)
     assert purged == (len(old_delivered) + 1, 1)
     left = {r["id"] for r in await store.pool.fetch("SELECT id FROM cartd.deliveries")}
     assert left == kept and old_dead not in left
     carts = {r["cart_id"] for r in await store.pool.fetch("SELECT cart_id FROM cartd.sent_carts")}
     assert carts == {"c8", "c1"}
-    assert await store.purge(payloads_before=now - 7 * DAY, carts_before=now - 14 * DAY) == (0, 0)
+    assert await store.maintenance.purge(payloads_before=now - 7 * DAY, carts_before=now - 14 * DAY) == (0, 0)

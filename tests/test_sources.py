@@ -12,9 +12,9 @@ import pytest
 
 from cartd import payload
 from cartd.config import MockConfig
+from cartd.model import MalformedRecord
 from cartd.sources import custom, shopify, woocommerce
 from cartd.sources.mock import MAX_AGE, mock_carts, mock_records
-from cartd.sources.model import MalformedRecord
 
 NOW = datetime(2026, 11, 23, 10, 30, tzinfo=UTC)
 EPOCH = NOW - timedelta(hours=24)

@@ -1,4 +1,4 @@
--- The application tables of SPEC §3, for new installs and the demo.
+-- The application tables (README "The database"), for new installs and the demo.
 CREATE TABLE IF NOT EXISTS companies (
     id uuid PRIMARY KEY, name text NOT NULL,
     website text, email text, phone text);

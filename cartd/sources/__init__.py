@@ -9,16 +9,17 @@ from typing import Any
 from uuid import UUID
 
 from cartd.config import Config
+from cartd.model import Cart
 from cartd.sources import http, shopify_admin
+from cartd.sources.errors import IntegrationError
 from cartd.sources.http import Budget
 from cartd.sources.live import fetch_live
 from cartd.sources.mock import mock_carts
-from cartd.sources.model import Cart, IntegrationError
+from cartd.sources.mock_stores import FIRST_POLL_HISTORY
 
 __all__ = ["PLATFORMS", "Budget", "Fetched", "Integration", "IntegrationError", "close", "fetch"]
 
 PLATFORMS = ("shopify", "woocommerce", "custom")
-FIRST_POLL_HISTORY = timedelta(hours=24)
 READ_SHARE = 0.5  # of the polling interval, the time one live read may take per cycle
 
 
@@ -64,7 +65,6 @@ class Fetched:
 
     carts: list[Cart]
     malformed: Counter[str]  # records skipped, by reason
-    mock_epoch: datetime | None
     through: datetime | None
     read_at: datetime
     resume: dict[str, Any] | None = None
@@ -73,25 +73,25 @@ class Fetched:
 
 async def fetch(
     integration: Integration, *, config: Config, since: datetime | None,
-    mock_epoch: datetime | None, now: datetime, resume: Any = None,
+    opened_at: datetime | None, now: datetime, resume: Any = None,
     budget: Budget | None = None,
 ) -> Fetched:
     """The integration's carts updated after `since`, read within `budget` (by default
     READ_SHARE of the polling interval and MAX_REQUESTS requests).
 
-    With no `since` (the first poll), a mock store returns everything it holds and a live
-    store what changed within `carts.max_age`: older carts are never abandoned ones.
+    With no `since` (the first poll), a mock store returns everything it holds since it
+    `opened_at` (None: FIRST_POLL_HISTORY ago) and a live store what changed within
+    `carts.max_age`: older carts are never abandoned ones.
     """
     if integration.mode == "mock":
-        epoch = mock_epoch or now - FIRST_POLL_HISTORY
         carts, malformed = mock_carts(
-            integration.platform, str(integration.id), epoch, since, now, config.platforms.mock
-        )
-        return Fetched(carts, malformed, epoch, now, now)
+            integration.platform, str(integration.id), opened_at or now - FIRST_POLL_HISTORY,
+            since, now, config.platforms.mock)
+        return Fetched(carts, malformed, now, now)
     start = since or now - timedelta(seconds=config.carts.max_age)
     read = await fetch_live(
         integration.platform, integration.config, config, start, incremental=since is not None,
         now=now, resume=resume,
         budget=budget or Budget(config.polling.interval * READ_SHARE))
-    return Fetched(read.carts, read.malformed, None, read.through, read.read_at, read.resume,
+    return Fetched(read.carts, read.malformed, read.through, read.read_at, read.resume,
                    read.stopped)

@@ -23,7 +23,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from cartd import __version__
-from cartd.sources.model import IntegrationError
+from cartd.sources.errors import IntegrationError
 
 TIMEOUT_SECONDS = 30.0  # per request, connection to last byte
 MAX_BODY_BYTES = 10 * 1024 * 1024

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 from cartd.config import Config
 from cartd.sources.custom import normalise
+from cartd.sources.errors import IntegrationError
 from cartd.sources.http import MAX_REQUESTS, Budget, check_url, request
-from cartd.sources.model import IntegrationError
 from cartd.sources.read import Batch, Read, option
 from cartd.sources.shopify_admin import Admin
 from cartd.sources.shopify_live import read_graphql, read_rest

@@ -21,8 +21,11 @@ from typing import Any, NamedTuple
 from faker import Faker
 
 from cartd.config import MockConfig
-from cartd.sources import custom, shopify, woocommerce
-from cartd.sources.model import Cart, Gathered
+from cartd.model import Cart
+from cartd.sources.custom import normalise as normalise_custom
+from cartd.sources.fields import Gathered
+from cartd.sources.shopify import normalise_graphql
+from cartd.sources.woocommerce import normalise as normalise_woocommerce
 
 MAX_AGE = 8 * 86400  # carts idle longer than this are never generated
 _IDLE = (60, 1800)  # last activity: 1 to 30 minutes after creation
@@ -85,9 +88,17 @@ class _Slot(NamedTuple):
 
 
 def _pools(seed: int) -> tuple[tuple[_Person, ...], tuple[_Product, ...], tuple[str, ...]]:
-    """Customers, products and shop names, drawn once from a seeded Faker."""
+    """Customers, products and shop names, drawn once from a seeded Faker (in this order:
+    the draws of each depend on those before)."""
     fake = Faker("en_US")
     fake.seed_instance(seed)
+    people = _people(fake)
+    products = _products(fake)
+    shops = tuple(re.sub(r"[^a-z0-9]+", "-", fake.company().lower()).strip("-") for _ in range(200))
+    return people, products, shops
+
+
+def _people(fake: Faker) -> tuple[_Person, ...]:
     draw = fake.random
     firsts = [fake.first_name() for _ in range(400)]
     lasts = [fake.last_name() for _ in range(400)]
@@ -109,6 +120,11 @@ def _pools(seed: int) -> tuple[tuple[_Person, ...], tuple[_Product, ...], tuple[
                 custom_id=f"mock_customer_{number}",
             )
         )
+    return tuple(people)
+
+
+def _products(fake: Faker) -> tuple[_Product, ...]:
+    draw = fake.random
     nouns = ("T-Shirt", "Hoodie", "Mug", "Backpack", "Cap", "Sneakers", "Notebook",
              "Water Bottle", "Scarf", "Lamp", "Candle", "Tote Bag", "Socks", "Jacket")
     sizes = (None, None, "S", "M", "L", "XL", "Small", "Large")
@@ -136,8 +152,7 @@ def _pools(seed: int) -> tuple[tuple[_Person, ...], tuple[_Product, ...], tuple[
                 line_numbers=tuple(cents * q / 100 for q in quantities),
             )
         )
-    shops = tuple(re.sub(r"[^a-z0-9]+", "-", fake.company().lower()).strip("-") for _ in range(200))
-    return tuple(people), tuple(products), shops
+    return tuple(products)
 
 
 def _words(camel: str) -> str:
@@ -396,9 +411,9 @@ def _custom(store: _Store, slot: _Slot) -> dict[str, Any]:
 
 _Platform = tuple[Callable[[_Store, _Slot], dict[str, Any]], Callable[[Any], Cart]]
 _PLATFORMS: dict[str, _Platform] = {
-    "shopify": (_shopify, shopify.normalise_graphql),
-    "woocommerce": (_woocommerce, partial(woocommerce.normalise, consent_key=MOCK_CONSENT_KEY)),
-    "custom": (_custom, custom.normalise),
+    "shopify": (_shopify, normalise_graphql),
+    "woocommerce": (_woocommerce, partial(normalise_woocommerce, consent_key=MOCK_CONSENT_KEY)),
+    "custom": (_custom, normalise_custom),
 }
 
 

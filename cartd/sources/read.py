@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cartd.model import Cart
+from cartd.sources.errors import IntegrationError
+from cartd.sources.fields import Gathered
 from cartd.sources.http import check_url
-from cartd.sources.model import Cart, Gathered, IntegrationError
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cartd.sources.custom import (
+from cartd.model import Cart, Customer, Item, MalformedRecord, money, timestamp
+from cartd.sources.fields import (
     currency,
     identifier,
     line_items,
@@ -18,7 +19,6 @@ from cartd.sources.custom import (
     text,
     url,
 )
-from cartd.sources.model import Cart, Customer, Item, MalformedRecord, money, timestamp
 
 
 def _gid(value: Any, what: str) -> str | None:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from cartd.config import Config
+from cartd.sources.errors import IntegrationError
 from cartd.sources.http import (
     DEFAULT_RETRY_AFTER,
     Budget,
@@ -30,7 +31,6 @@ from cartd.sources.http import (
     request,
     retry_after,
 )
-from cartd.sources.model import IntegrationError
 from cartd.sources.read import base_url, option
 
 log = structlog.get_logger("cartd.sources")

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cartd.model import MalformedRecord, iso, timestamp
+from cartd.sources.errors import IntegrationError
 from cartd.sources.http import Budget, OutOfBudget, scrub
-from cartd.sources.model import IntegrationError, MalformedRecord, iso, timestamp
 from cartd.sources.read import Batch, Read
 from cartd.sources.shopify import normalise_graphql, normalise_rest
 from cartd.sources.shopify_admin import Admin, error_extensions

@@ -7,7 +7,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from cartd.sources.custom import (
+from cartd.model import Cart, Customer, Item, amount, money, quantize, timestamp
+from cartd.sources.fields import (
     currency,
     flag,
     identifier,
@@ -19,7 +20,6 @@ from cartd.sources.custom import (
     title,
     url,
 )
-from cartd.sources.model import Cart, Customer, Item, amount, money, quantize, timestamp
 
 # Statuses of an order that was placed (paid, or awaiting a bank transfer, cheque or cash
 # on delivery as `on-hold`): its cart is recovered, not abandoned. `placed_statuses`.

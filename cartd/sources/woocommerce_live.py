@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 
 from cartd.config import Config
+from cartd.model import MalformedRecord, iso, timestamp
+from cartd.sources.errors import IntegrationError
 from cartd.sources.http import Budget, OutOfBudget, request
-from cartd.sources.model import IntegrationError, MalformedRecord, iso, timestamp
 from cartd.sources.read import Batch, Read, base_url, option, status_list
 from cartd.sources.woocommerce import PLACED_STATUSES, normalise
 

@@ -1,18 +1,14 @@
-"""The platform-neutral cart every source is normalised into, and the checks and money
-rules every normaliser shares (README "Reliability": what a record may hold)."""
+"""The cart model: the platform-neutral cart every source is normalised into and every
+payload is built from, with its money rules (minor units, rounding), timestamps and the
+bounds of what a record may hold (README "Reliability")."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, NamedTuple
-
-import structlog
-
-log = structlog.get_logger("cartd.sources")
 
 # ISO 4217 (the list of current codes, with a few recently withdrawn ones that stores may
 # still send): digits of the minor unit. Codes without a minor unit (XAU, XDR, XXX, ...)
@@ -49,10 +45,6 @@ MAX_TEXT = 1000  # characters of a name, title, email, phone or SKU
 MAX_URL = 4096  # characters of a recovery URL
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(9999, 1, 1, tzinfo=UTC)
-
-
-class IntegrationError(Exception):
-    """One integration failed; the rest of the cycle goes on. Never carries a secret."""
 
 
 class MalformedRecord(ValueError):
@@ -273,37 +265,3 @@ class Cart:
             "abandoned_at": self.last_activity,
             "recovery_url": self.recovery_url,
         }
-
-
-class Gathered:
-    """The carts of one fetch, one per cart id (its latest version, `Cart.newer_than`),
-    whatever pages or repeats the store sent them in; records that are not carts are
-    counted by reason. Every platform and mode gathers its records here."""
-
-    __slots__ = ("by_id", "malformed")
-
-    def __init__(self) -> None:
-        self.by_id: dict[str, Cart] = {}
-        self.malformed: Counter[str] = Counter()
-
-    def gather(self, records: Iterable[Any], normalise: Callable[[Any], Cart]) -> None:
-        by_id = self.by_id
-        for record in records:
-            try:
-                cart = normalise(record)
-            except MalformedRecord as exc:
-                self.malformed[str(exc)] += 1
-                continue
-            except Exception as exc:  # a normaliser's bug costs this record, not its store
-                reason = f"unexpected {type(exc).__name__}"
-                if not self.malformed[reason]:
-                    log.error("record_failed", reason=reason, exc_info=True)
-                self.malformed[reason] += 1
-                continue
-            held = by_id.get(cart.cart_id)
-            if held is None or cart.newer_than(held):
-                by_id[cart.cart_id] = cart
-
-    @property
-    def carts(self) -> list[Cart]:
-        return list(self.by_id.values())

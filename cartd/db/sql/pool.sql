@@ -1,0 +1,4 @@
+-- The pool's own query.
+
+-- name: ping
+SELECT 1
