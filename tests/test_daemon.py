@@ -40,8 +40,9 @@ async def test_run_delivers_signed_webhooks_from_every_platform_and_stops_on_sig
 async def test_kill_9_mid_delivery_then_restart_delivers_every_recorded_cart(store, dsn, tmp_path):
     await add_agents(store, 3)
     async with scripted_receiver() as receiver:
-        receiver.default = (200, {}, 5.0)  # past the kill: it dies with requests in flight
-        webhook = {"timeout": "2s"}
+        receiver.default = (200, {}, 2.0)  # past the kill: it dies with requests in flight
+        # The killed instance's deliveries come back when their lease (timeout + 10 s) ends.
+        webhook = {"timeout": "1s"}
         async with cartd_run(tmp_path, dsn, receiver.url, webhook=webhook, **FAST) as d:
             await d.start()
             await wait_until(lambda: receiver.active > 0, timeout=30)

@@ -77,7 +77,7 @@ async def test_retryable_answers_schedule_a_retry(store, receiver, status):
 
 
 async def test_a_timeout_is_retried(store, receiver):
-    receiver.default = (200, {}, 3.0)
+    receiver.default = (200, {}, 1.0)  # well past the timeout
     clock = Clock()
     [delivery_id] = await enqueue(store, clock.now)
     async with delivering(store, cfg_for(receiver, timeout="300ms"), clock=clock):

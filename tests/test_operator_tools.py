@@ -166,10 +166,9 @@ async def test_a_failing_store_shows_in_ctl_in_metrics_and_ctl_reads_well_on_a_t
                             timeout=20)
         scraped = await d.scrape()
         socket = str(d.socket)
-        status = await asyncio.to_thread(on_a_terminal, "--socket", socket, "status")
-        table = await asyncio.to_thread(on_a_terminal, "--socket", socket, "integrations")
-        listed = await asyncio.to_thread(on_a_terminal, "--socket", socket, "deliveries")
-        raw = await asyncio.to_thread(on_a_terminal, "--socket", socket, "status", "--json")
+        status, table, listed, raw = await asyncio.gather(*(  # four terminals at once
+            asyncio.to_thread(on_a_terminal, "--socket", socket, *args)
+            for args in (["status"], ["integrations"], ["deliveries"], ["status", "--json"])))
     assert code == 0 and [i["id"] for i in failing] == [str(bad)]
     [entry] = failing
     assert entry["consecutive_failures"] >= 2 and "500" in entry["last_error"]

@@ -40,7 +40,7 @@ async def all_delivered(store: Store) -> bool:
 
 async def test_three_instances_share_300_agents_and_deliver_every_cart_once(store, dsn, tmp_path):
     async with scripted_receiver() as receiver, AsyncExitStack() as stack:
-        receiver.default = (200, {}, 0.3)  # a receiver that takes its time: work to share
+        receiver.default = (200, {}, 0.15)  # a receiver that takes its time: work to share
         fleet = await instances(stack, tmp_path, dsn, receiver.url, 3, platforms=SMALL,
                                 polling={"interval": "1s"},
                                 webhook={"concurrency": 4, "timeout": "2s"})
@@ -75,10 +75,12 @@ def _agents_polled(fleet: list[Cartd]) -> list[int]:
 
 async def test_kill_9_of_one_instance_its_claims_return_and_the_others_deliver(store, dsn, tmp_path):
     async with scripted_receiver() as receiver, AsyncExitStack() as stack:
-        receiver.default = (200, {}, 1.5)  # slow: the victim dies with requests in flight
+        receiver.default = (200, {}, 0.5)  # slow: the victim dies with requests in flight
+        # its deliveries come back when their lease (timeout + 10 s) ends; the timeout
+        # leaves the others' requests 1.5 s to spare
         fleet = await instances(stack, tmp_path, dsn, receiver.url, 3, platforms=SMALL,
                                 polling={"interval": "1s"},
-                                webhook={"concurrency": 4, "timeout": "3s"})
+                                webhook={"concurrency": 4, "timeout": "2s"})
         ids = {await instance_id(d): d for d in fleet}
         await add_agents(store, 60)
         holder = await _a_holder_in_flight(store, receiver)
