@@ -130,8 +130,8 @@ class Cartd:
     async def status(self) -> dict[str, Any]:
         return (await self.request("GET", "/status"))[1]
 
-    async def wait_status(self, check: Callable[[dict[str, Any]], bool],
-                          timeout: float = 10) -> dict[str, Any]:
+    async def wait_status(self, check: Callable[[dict[str, Any]], bool], timeout: float = 10,
+                          interval: float = 0.05) -> dict[str, Any]:
         """Wait until GET /status answers what `check` accepts; that answer."""
         seen: list[dict[str, Any]] = []
 
@@ -139,7 +139,7 @@ class Cartd:
             seen[:] = [await self.status()]
             return check(seen[0])
 
-        await wait_until(accepted, timeout=timeout)
+        await wait_until(accepted, timeout=timeout, interval=interval)
         return seen[0]
 
     async def scrape(self) -> str:
