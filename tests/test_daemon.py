@@ -59,7 +59,7 @@ async def test_kill_9_mid_delivery_then_restart_delivers_every_recorded_cart(sto
 async def test_sigterm_with_deliveries_in_flight_exits_0_and_loses_nothing(store, dsn, tmp_path):
     await add_agents(store, 3)
     async with scripted_receiver() as receiver:
-        receiver.default = (200, {}, 1.0)
+        receiver.default = (200, {}, 0.5)  # in flight at the SIGTERM, which waits for it
         webhook = {"concurrency": 2}
         async with cartd_run(tmp_path, dsn, receiver.url, webhook=webhook, **FAST) as d:
             await d.start()

@@ -110,7 +110,7 @@ async def test_a_store_that_makes_cartd_wait_holds_one_fetch_slot_not_the_others
         store, fake, receiver):
     clock = Clock()
     slow = fake.add("slow", make_carts(2, clock.now, first=100))
-    slow.faults.append((429, {"Retry-After": "2"}, {"errors": "Exceeded 2 calls per second"}))
+    slow.faults.append((429, {"Retry-After": "1"}, {"errors": "Exceeded 2 calls per second"}))
     slow_id = await live_integration(store, "shopify", fake.shopify("slow", api="rest"))
     # The slow store's integration comes first in its agent's list (ordered by id).
     first = uuid.UUID(int=1)

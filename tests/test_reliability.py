@@ -62,7 +62,7 @@ async def test_receiver_faults_are_retried_and_end_delivered(store, fault):
                 await asyncio.sleep(0.1)
             return response
         if len(seen) == 1 and fault == "late_2xx":
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.0)  # twice the timeout
         return web.json_response({"ok": True})
 
     clock = Clock()
