@@ -1,22 +1,20 @@
 """Stores speaking the custom cart API (README "Connecting stores": `GET url` answering
 `{"carts": [...], "next": null}` with carts in the webhook's cart shape) on 127.0.0.1,
-whose carts a test edits between polls, and receivers that come up late."""
+whose carts a test edits between polls or whose answers it holds back."""
 
 from __future__ import annotations
 
-import json
-import socket
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 
 from cartd.db import Store
-from helpers import Scripted, add_agents, serving
+from harness import add_agent, add_agents, serving
 
 
 def z(moment: datetime) -> str:
@@ -85,49 +83,39 @@ async def shops() -> AsyncIterator[Shops]:
         yield server
 
 
-class LateReceiver(Scripted):
-    """A receiver whose port is chosen now and that listens only once `up()` is called:
-    until then every attempt is refused, and nothing reaches it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/webhook"
-        self._runner: web.AppRunner | None = None
-
-    async def up(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+def three_mugs(n: int, currency: str, now: datetime) -> dict[str, Any]:
+    """Cart `c{n}` idle for two hours: three mugs at 19.99, its line and cart totals
+    stated (59.97)."""
+    idle = now - timedelta(hours=2)
+    return {
+        "cart_id": f"c{n}",
+        "customer": {"id": f"u{n}", "email": f"u{n}@example.com", "first_name": "A",
+                     "last_name": "B", "phone": None, "accepts_marketing": True},
+        "items": [{"product_id": "p1", "variant_id": "v1", "sku": "S", "title": "Mug",
+                   "quantity": 3, "unit_price": "19.99", "line_total": "59.97"}],
+        "currency": currency, "total_value": "59.97",
+        "created_at": (idle - timedelta(minutes=10)).isoformat(),
+        "abandoned_at": idle.isoformat(), "recovery_url": "https://shop.example.com/r",
+    }
 
 
-def bodies(receiver: Scripted) -> list[tuple[str, dict[str, Any]]]:
-    """(webhook-id, body) of every request the receiver got, money as Decimal."""
-    return [(headers["webhook-id"], json.loads(body, parse_float=Decimal))
-            for headers, body in receiver.requests]
+class HeldStore:
+    """One custom store listing `carts` on any path, whose answers can be held back
+    (`open` cleared) and that counts the requests it got."""
+
+    def __init__(self, carts: list[dict[str, Any]]) -> None:
+        self.carts = carts
+        self.open = asyncio.Event()
+        self.open.set()
+        self.requests = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        await self.open.wait()
+        return web.json_response({"carts": self.carts, "next": None})
 
 
-async def cartd_rows(store: Store) -> dict[str, list[tuple[str, ...]]]:
-    """Every row of every table of the schema cartd, each column as text (bytea decoded as
-    escaped text, so that text inside a payload shows), rows sorted."""
-    columns = await store.pool.fetch(
-        "SELECT table_name, column_name, data_type FROM information_schema.columns"
-        " WHERE table_schema = 'cartd' ORDER BY table_name, ordinal_position")
-    tables: dict[str, list[str]] = {}
-    for c in columns:
-        name = f'"{c["column_name"]}"'
-        tables.setdefault(c["table_name"], []).append(
-            f"encode({name}, 'escape')" if c["data_type"] == "bytea" else f"{name}::text")
-    out = {}
-    for table, exprs in tables.items():
-        rows = await store.pool.fetch(f'SELECT {", ".join(exprs)} FROM cartd."{table}"')
-        out[table] = sorted(tuple("" if v is None else v for v in r) for r in rows)
-    return out
+async def live_custom_agent(store: Store, url: str) -> uuid.UUID:
+    """A polled agent whose one integration is the custom store at `url`, live; the
+    integration's id."""
+    return await add_agent(store, {}, "custom", {"mode": "live", "url": url})

@@ -101,7 +101,7 @@ async def fake() -> AsyncIterator[Any]:
 @pytest.fixture
 async def receiver() -> AsyncIterator[Any]:
     """A scripted webhook receiver on 127.0.0.1 answering 200."""
-    from helpers import scripted_receiver
+    from harness import scripted_receiver
 
     async with scripted_receiver() as scripted:
         yield scripted

@@ -37,7 +37,7 @@ from typing import Any
 from aiohttp import encode_basic_auth, web
 from graphql import DocumentNode, GraphQLError, parse, validate
 
-from helpers import serving
+from harness import serving
 from shopify_graphql import VERSIONS, Executor, requested_cost, schema
 
 TOKEN = "shpat_fake_token_0123456789"

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from harness import free_port
+
 PGBOUNCER = "/usr/sbin/pgbouncer"
 
 
@@ -24,13 +26,6 @@ def missing() -> str | None:
     if not os.access(PGBOUNCER, os.X_OK):
         return f"{PGBOUNCER} is not installed (Debian package pgbouncer)"
     return None
-
-
-def _free_port() -> int:
-    """A port nobody listens on now (PgBouncer cannot be given port 0)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _upstream(dsn: str) -> tuple[str, int, str, str]:
@@ -101,7 +96,7 @@ def pgbouncer(dsn: str, *, pool_size: int = 4) -> Iterator[str]:
     proc = None
     try:
         for _ in range(5):  # the free port may be taken between the probe and the bind
-            port = _free_port()
+            port = free_port()  # PgBouncer cannot be given port 0
             (folder / "pgbouncer.ini").write_text(_ini(folder, dsn, port, pool_size))
             with log.open("ab") as out:
                 proc = subprocess.Popen([PGBOUNCER, *user, str(folder / "pgbouncer.ini")],

@@ -7,29 +7,13 @@ import pytest
 
 import asyncio
 import time
-import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from cartd.attempts import Attempt, destination, failed
-from cartd.db import NewDelivery, Store
-from cartd.delivery import Deliverer
-from cartd.payload import dumps, new_webhook_id
-from helpers import Clock, config, scripted_receiver, wait_until
+from cartd.db import Store
+from harness import Clock, config, delivering, enqueue, scripted_receiver, wait_until
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
-
-
-async def enqueue_to(store: Store, at: datetime, url: str | None, n: int) -> list[str]:
-    """`n` deliveries to `url` (None: webhook.url), due at `at`."""
-    deliveries = [
-        NewDelivery(id=new_webhook_id(), type="abandoned_cart.detected", agent_id=uuid.uuid4(),
-                    integration_id=uuid.uuid4(), platform="custom", url=url,
-                    body=dumps({"type": "abandoned_cart.detected", "n": i}), carts=1)
-        for i in range(n)
-    ]
-    await store.outbox.record(now=at, detected=[], completed=[], build=lambda *_: deliveries,
-                       sources=[], agents=[], instance="t")
-    return [d.id for d in deliveries]
 
 
 async def delivered(store: Store, ids: list[str]) -> bool:
@@ -57,12 +41,10 @@ async def test_breaker_opens_holds_the_destination_probes_and_closes(store):
         bad.default = (500, {}, 0.0)
         cfg = config(webhook={"url": bad.url, "breaker_failures": 3, "breaker_probe": "30s",
                               "concurrency": 2})
-        bad_ids = await enqueue_to(store, clock.now, None, 6)
+        bad_ids = await enqueue(store, clock.now, 6)
         gauge: list[int] = []
-        deliverer = Deliverer(store, lambda: cfg, instance_id="b-1", clock=clock,
-                              on_breakers=gauge.append)
-        task = asyncio.create_task(deliverer.run())
-        try:
+        async with delivering(store, cfg, instance_id="b-1", clock=clock,
+                              on_breakers=gauge.append) as deliverer:
             await wait_until(lambda: gauge == [1])
             await asyncio.sleep(0.5)
             assert len(bad.requests) == 3
@@ -70,7 +52,7 @@ async def test_breaker_opens_holds_the_destination_probes_and_closes(store):
             assert await attempts(store, bad_ids) == [0, 0, 0, 1, 1, 1]
             assert (await store.deliveries.counts())["pending"] == 6
 
-            good_ids = await enqueue_to(store, clock.now, good.url, 5)
+            good_ids = await enqueue(store, clock.now, 5, good.url)
             deliverer.wake()
             await wait_until(lambda: delivered(store, good_ids))
             assert len(bad.requests) == 3
@@ -88,9 +70,6 @@ async def test_breaker_opens_holds_the_destination_probes_and_closes(store):
             clock.advance(minutes=1)  # the retries of the failed attempts come due
             deliverer.wake()
             await wait_until(lambda: delivered(store, bad_ids))
-        finally:
-            deliverer.stop()
-            await asyncio.wait_for(task, 10)
     ids = [h["webhook-id"] for h, _ in bad.requests]
     assert set(ids) == set(bad_ids) and len(ids) == 6 + 3 + 1  # 3 failures, 1 failed probe
 
@@ -101,12 +80,10 @@ async def test_a_slow_destination_gets_half_the_slots_while_another_has_work(sto
         slow.default = (200, {}, 1.0)
         fast.default = (200, {}, 0.05)
         cfg = config(webhook={"url": slow.url, "concurrency": 4})
-        slow_ids = await enqueue_to(store, clock.now - timedelta(minutes=1), None, 12)
-        fast_ids = await enqueue_to(store, clock.now, fast.url, 12)  # queued behind the slow
-        deliverer = Deliverer(store, lambda: cfg, instance_id="f-1", clock=clock)
-        task = asyncio.create_task(deliverer.run())
-        started = time.monotonic()
-        try:
+        slow_ids = await enqueue(store, clock.now - timedelta(minutes=1), 12)
+        fast_ids = await enqueue(store, clock.now, 12, fast.url)  # queued behind the slow
+        async with delivering(store, cfg, instance_id="f-1", clock=clock):
+            started = time.monotonic()
             await wait_until(lambda: delivered(store, fast_ids), timeout=5)
             # Had the slow one taken every slot, the first fast one would have waited 1 s.
             assert time.monotonic() - started < 1.0
@@ -114,9 +91,6 @@ async def test_a_slow_destination_gets_half_the_slots_while_another_has_work(sto
             # Alone with work, a destination that answers well uses every slot.
             await wait_until(lambda: delivered(store, slow_ids), timeout=15)
             assert slow.peak == 4
-        finally:
-            deliverer.stop()
-            await asyncio.wait_for(task, 10)
     assert sorted(h["webhook-id"] for h, _ in slow.requests) == sorted(slow_ids)
 
 
@@ -125,15 +99,10 @@ async def test_a_failing_destination_never_takes_more_than_half_the_slots(store)
     async with scripted_receiver() as failing:
         failing.default = (503, {}, 0.3)
         cfg = config(webhook={"url": failing.url, "concurrency": 4, "breaker_failures": 100})
-        await enqueue_to(store, clock.now, None, 20)
-        deliverer = Deliverer(store, lambda: cfg, instance_id="f-2", clock=clock)
-        task = asyncio.create_task(deliverer.run())
-        try:
+        await enqueue(store, clock.now, 20)
+        async with delivering(store, cfg, instance_id="f-2", clock=clock):
             # Before any answer it looks healthy and alone: every slot. Once it fails, half.
             await wait_until(lambda: len(failing.requests) >= 5, timeout=10)
             failing.peak = failing.active
             await wait_until(lambda: len(failing.requests) >= 16, timeout=10)
-        finally:
-            deliverer.stop()
-            await asyncio.wait_for(task, 10)
     assert failing.peak <= 2

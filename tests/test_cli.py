@@ -3,49 +3,41 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import asyncpg
 import yaml
 
-from helpers import ROOT, SLUG
-
-
-def cartd(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cartd", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+from harness import ROOT, SLUG, cli
 
 
 def test_check_config_names_a_misspelt_key_and_exits_2(tmp_path: Path):
     path = tmp_path / "cartd.yaml"
     path.write_text("webhook:\n  url: http://127.0.0.1:9/hook\n  timout: 5s\n")
-    result = cartd("check-config", "--config", str(path))
+    result = cli("check-config", "--config", str(path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["cartd: webhook.timout: unknown key"]
 
 
 def test_check_config_accepts_the_shipped_file():
-    result = cartd("--config", str(ROOT / "cartd.yaml"), "check-config")
+    result = cli("--config", str(ROOT / "cartd.yaml"), "check-config")
     assert result.returncode == 0, result.stderr
 
 
 def test_bad_values_and_bad_usage_exit_2_with_one_line(tmp_path: Path):
     path = tmp_path / "cartd.yaml"
     path.write_text("webhook:\n  timeout: 0\n")
-    result = cartd("check-config", "--config", str(path))
+    result = cli("check-config", "--config", str(path))
     assert result.returncode == 2
     assert result.stderr.strip() == "cartd: webhook.timeout: must be a duration > 0"
     for args in (["nonsense"], ["seed-demo", "--agents", "many"], ["demo", "--interval", "0"]):
-        result = cartd(*args)
+        result = cli(*args)
         assert result.returncode == 2
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path):
-    result = cartd("migrate", env={"CARTD_DATABASE_DSN": "postgresql://cartd:hunter2@127.0.0.1:9/x",
+    result = cli("migrate", env={"CARTD_DATABASE_DSN": "postgresql://cartd:hunter2@127.0.0.1:9/x",
                                    "CARTD_CONFIG": str(tmp_path / "none.yaml")})
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
@@ -54,18 +46,18 @@ def test_an_unreachable_database_is_one_line_and_exit_1(tmp_path: Path):
 
 async def test_concurrent_migrations_are_safe_and_idempotent(dsn: str, tmp_path: Path):
     env = {"CARTD_DATABASE_DSN": dsn, "CARTD_CONFIG": str(tmp_path / "none.yaml")}
-    runs = [asyncio.to_thread(cartd, "migrate", "--app-tables", env=env) for _ in range(4)]
+    runs = [asyncio.to_thread(cli, "migrate", "--app-tables", env=env) for _ in range(4)]
     results = await asyncio.gather(*runs)
     assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
     assert sum("applied" in r.stdout for r in results) == 1
-    again = cartd("migrate", env=env)
+    again = cli("migrate", env=env)
     assert again.returncode == 0 and again.stdout.strip() == "up to date"
 
 
 async def test_seed_demo_inserts_agents_half_of_which_are_skipped(dsn: str, tmp_path: Path):
     env = {"CARTD_DATABASE_DSN": dsn, "CARTD_CONFIG": str(tmp_path / "none.yaml")}
-    assert cartd("migrate", "--app-tables", env=env).returncode == 0
-    result = cartd("seed-demo", "--agents", "10", env=env)
+    assert cli("migrate", "--app-tables", env=env).returncode == 0
+    result = cli("seed-demo", "--agents", "10", env=env)
     assert result.returncode == 0, result.stderr
     conn = await asyncpg.connect(dsn)
     try:
@@ -82,7 +74,7 @@ async def test_seed_demo_inserts_agents_half_of_which_are_skipped(dsn: str, tmp_
 def test_demo_shows_signed_webhooks_from_all_three_platforms(tmp_path: Path):
     config = tmp_path / "cartd.yaml"
     config.write_text(yaml.safe_dump({"metrics": {"listen": ""}}))
-    result = cartd("--config", str(config), "demo", "--cycles", "2", "--interval", "1",
+    result = cli("--config", str(config), "demo", "--cycles", "2", "--interval", "1",
                    "--state-dir", str(tmp_path / "state"), timeout=60)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -100,7 +92,7 @@ def test_ctl_finds_the_socket_without_reading_secret_files(tmp_path: Path):
         "control": {"socket": str(tmp_path / "absent.sock")},
         "webhook": {"secret_file": "/run/credentials/cartd.service/unreadable"},
     }))
-    result = cartd("--config", str(config), "ctl", "status")
+    result = cli("--config", str(config), "ctl", "status")
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"cartd: cannot reach the daemon at {tmp_path / 'absent.sock'}: ")
@@ -111,9 +103,9 @@ def test_check_config_no_secrets_skips_only_the_secret_files(tmp_path: Path):
     config = tmp_path / "cartd.yaml"
     absent = "/run/credentials/cartd.service/webhook-secret"
     config.write_text(yaml.safe_dump({"webhook": {"secret_file": absent}}))
-    full = cartd("--config", str(config), "check-config")
+    full = cli("--config", str(config), "check-config")
     assert full.returncode == 2 and f"webhook.secret_file: cannot read {absent}" in full.stderr
-    assert cartd("--config", str(config), "check-config", "--no-secrets").returncode == 0
+    assert cli("--config", str(config), "check-config", "--no-secrets").returncode == 0
     config.write_text(yaml.safe_dump({"webhook": {"secret_file": absent, "timeout": 0}}))
-    broken = cartd("--config", str(config), "check-config", "--no-secrets")
+    broken = cli("--config", str(config), "check-config", "--no-secrets")
     assert broken.returncode == 2 and "webhook.timeout" in broken.stderr

@@ -1,5 +1,3 @@
-import base64
-import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -9,9 +7,10 @@ import yaml
 from pydantic import BaseModel
 
 from cartd.config import Config, ConfigError, build, control_socket, load, parse_duration
+from harness import ROOT, new_secret
 
-SHIPPED = Path(__file__).resolve().parent.parent / "cartd.yaml"
-SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+SHIPPED = ROOT / "cartd.yaml"
+SECRET = new_secret()
 
 # SPEC section 5, durations in seconds.
 SPEC_DEFAULTS: dict[str, Any] = {
@@ -242,7 +241,7 @@ def test_bad_secret_from_a_file_names_the_key(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_the_file() -> None:
-    other = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    other = new_secret()
     config = build(
         {"database": {"dsn": "postgresql://file/db"}, "webhook": {"secret": SECRET}},
         {"CARTD_DATABASE_DSN": "postgresql://env/db", "CARTD_WEBHOOK_SECRET": other},
@@ -266,7 +265,7 @@ def test_secret_files_are_read(tmp_path: Path) -> None:
 
 
 def test_environment_beats_secret_files(tmp_path: Path) -> None:
-    secret = write(tmp_path, "whsec_" + base64.b64encode(os.urandom(32)).decode(), "secret")
+    secret = write(tmp_path, new_secret(), "secret")
     dsn = write(tmp_path, "postgresql://file/db", "dsn")
     config = build(
         {"webhook": {"secret_file": str(secret)}, "database": {"dsn_file": str(dsn)}},

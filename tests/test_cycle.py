@@ -9,9 +9,9 @@ from datetime import timedelta
 from decimal import Decimal
 
 from cartd.db import Store
-from cartd.delivery import Deliverer
 from cartd.polling import Poller
-from helpers import SLUG, Clock, add_agents, config, scripted_receiver, wait_until
+from harness import (SLUG, Clock, add_agents, config, delivering, nothing_pending,
+                     scripted_receiver, wait_until)
 
 
 def poller(store: Store, clock: Clock, cfg=None, instance: str = "test-1") -> Poller:
@@ -144,17 +144,12 @@ async def test_a_cart_that_completes_after_delivery_sends_one_recovered_event(st
     async with scripted_receiver() as receiver:
         cfg = config(webhook={"url": receiver.url})
         p = poller(store, clock, cfg)
-        deliverer = Deliverer(store, lambda: cfg, instance_id="d-1", clock=clock)
-        task = asyncio.create_task(deliverer.run())
-        try:
+        async with delivering(store, cfg, clock=clock) as deliverer:
             for _ in range(31):
                 await p.run_cycle()
                 deliverer.wake()
-                await wait_until(lambda: _nothing_pending(store))
+                await wait_until(lambda: nothing_pending(store))
                 clock.advance(hours=1)
-        finally:
-            deliverer.stop()
-            await asyncio.wait_for(task, 10)
     all_bodies = await bodies(store)
     detected = {(b["integration"]["id"], c["cart_id"]) for b in all_bodies
                 if b["type"] == "abandoned_cart.detected" for c in b["abandoned_carts"]}
@@ -166,10 +161,6 @@ async def test_a_cart_that_completes_after_delivery_sends_one_recovered_event(st
     for b in all_bodies:
         if b["type"] == "abandoned_cart.recovered":
             assert all(c["recovered_at"].endswith("Z") for c in b["abandoned_carts"])
-
-
-async def _nothing_pending(store: Store) -> bool:
-    return (await store.deliveries.counts())["pending"] == 0
 
 
 async def test_payloads_split_at_max_carts_per_payload(store):

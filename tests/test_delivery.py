@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 import random
-import socket
-import uuid
 from datetime import timedelta
 
 import asyncpg
@@ -14,49 +11,12 @@ import pytest
 from standardwebhooks import Webhook
 
 from cartd.attempts import Attempt, decide, retry_after_seconds
-from cartd.db import NewDelivery, Store
-from cartd.delivery import UNRECORDED_MAX, Deliverer
-from cartd.payload import dumps, new_webhook_id
-from helpers import Clock, Scripted, config, scripted_receiver, wait_until
+from cartd.db import Store
+from cartd.delivery import UNRECORDED_MAX
+from harness import (SECRET, Clock, Scripted, config, delivering, delivery_row, enqueue, free_port,
+                     wait_until)
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
-
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Scripted]:
-    async with scripted_receiver() as scripted:
-        yield scripted
-
-
-async def enqueue(store: Store, clock: Clock, n: int = 1) -> list[str]:
-    deliveries = [
-        NewDelivery(id=new_webhook_id(), type="abandoned_cart.detected", agent_id=uuid.uuid4(),
-                    integration_id=uuid.uuid4(), platform="shopify", url=None,
-                    body=dumps({"type": "abandoned_cart.detected", "n": i}), carts=1)
-        for i in range(n)
-    ]
-    await store.outbox.record(now=clock.now, detected=[], completed=[], build=lambda *_: deliveries,
-                       sources=[], agents=[], instance="t")
-    return [d.id for d in deliveries]
-
-
-async def row(store: Store, delivery_id: str) -> dict:
-    return dict(await store.pool.fetchrow("SELECT * FROM cartd.deliveries WHERE id = $1", delivery_id))
-
-
-class Running:
-    def __init__(self, store: Store, clock: Clock, cfg) -> None:
-        self.deliverer = Deliverer(store, lambda: cfg, instance_id="d-1", clock=clock)
-
-    async def __aenter__(self) -> Deliverer:
-        self.task = asyncio.create_task(self.deliverer.run())
-        return self.deliverer
-
-    async def __aexit__(self, *exc) -> None:
-        self.deliverer.stop()
-        await asyncio.wait_for(self.task, 10)
 
 
 def cfg_for(receiver: Scripted, **webhook):
@@ -68,22 +28,22 @@ async def attempts_reach(store: Store, delivery_id: str, n: int) -> None:
 
 
 async def _attempts(store: Store, delivery_id: str, n: int) -> bool:
-    return (await row(store, delivery_id))["attempts"] >= n
+    return (await delivery_row(store, delivery_id))["attempts"] >= n
 
 
 async def test_503_twice_then_200_delivers_on_the_third_attempt_with_the_same_id(store, receiver):
     receiver.script = [(503, {}, 0), (503, {}, 0), (200, {}, 0)]
     clock = Clock()
-    [delivery_id] = await enqueue(store, clock)
-    async with Running(store, clock, cfg_for(receiver)) as deliverer:
+    [delivery_id] = await enqueue(store, clock.now)
+    async with delivering(store, cfg_for(receiver), clock=clock) as deliverer:
         for n in (1, 2):
             await attempts_reach(store, delivery_id, n)
-            state = await row(store, delivery_id)
+            state = await delivery_row(store, delivery_id)
             assert state["status"] == "pending" and state["last_status"] == 503
             clock.now = state["next_attempt_at"] + timedelta(milliseconds=1)
             deliverer.wake()
         await attempts_reach(store, delivery_id, 3)
-    state = await row(store, delivery_id)
+    state = await delivery_row(store, delivery_id)
     assert state["status"] == "delivered" and state["delivered_at"] is not None
     assert [h["webhook-id"] for h, _ in receiver.requests] == [delivery_id] * 3
     for headers, body in receiver.requests:
@@ -96,10 +56,10 @@ async def test_503_twice_then_200_delivers_on_the_third_attempt_with_the_same_id
 async def test_4xx_dead_letters_at_once(store, receiver, status):
     receiver.default = (status, {}, 0)
     clock = Clock()
-    [delivery_id] = await enqueue(store, clock)
-    async with Running(store, clock, cfg_for(receiver)):
+    [delivery_id] = await enqueue(store, clock.now)
+    async with delivering(store, cfg_for(receiver), clock=clock):
         await attempts_reach(store, delivery_id, 1)
-    state = await row(store, delivery_id)
+    state = await delivery_row(store, delivery_id)
     assert (state["status"], state["attempts"], state["last_status"]) == ("dead", 1, status)
 
 
@@ -107,10 +67,10 @@ async def test_4xx_dead_letters_at_once(store, receiver, status):
 async def test_retryable_answers_schedule_a_retry(store, receiver, status):
     receiver.default = (status, {"Location": receiver.url + "/elsewhere"}, 0)
     clock = Clock()
-    [delivery_id] = await enqueue(store, clock)
-    async with Running(store, clock, cfg_for(receiver)):
+    [delivery_id] = await enqueue(store, clock.now)
+    async with delivering(store, cfg_for(receiver), clock=clock):
         await attempts_reach(store, delivery_id, 1)
-    state = await row(store, delivery_id)
+    state = await delivery_row(store, delivery_id)
     assert state["status"] == "pending" and state["last_status"] == status
     delay = (state["next_attempt_at"] - clock.now).total_seconds()
     assert 4.0 <= delay <= 6.0
@@ -118,43 +78,41 @@ async def test_retryable_answers_schedule_a_retry(store, receiver, status):
 
 
 async def test_a_timeout_is_retried(store, receiver):
-    receiver.default = (200, {}, 3.0)
+    receiver.default = (200, {}, 1.0)  # well past the timeout
     clock = Clock()
-    [delivery_id] = await enqueue(store, clock)
-    async with Running(store, clock, cfg_for(receiver, timeout="300ms")):
+    [delivery_id] = await enqueue(store, clock.now)
+    async with delivering(store, cfg_for(receiver, timeout="300ms"), clock=clock):
         await attempts_reach(store, delivery_id, 1)
-    state = await row(store, delivery_id)
+    state = await delivery_row(store, delivery_id)
     assert state["status"] == "pending" and "0.3s" in state["last_error"]
 
 
 async def test_a_connection_error_is_retried(store):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     clock = Clock()
-    [delivery_id] = await enqueue(store, clock)
+    [delivery_id] = await enqueue(store, clock.now)
     cfg = config(webhook={"url": f"http://127.0.0.1:{port}/hook"})
-    async with Running(store, clock, cfg):
+    async with delivering(store, cfg, clock=clock):
         await attempts_reach(store, delivery_id, 1)
-    state = await row(store, delivery_id)
+    state = await delivery_row(store, delivery_id)
     assert state["status"] == "pending" and state["last_status"] is None and state["last_error"]
 
 
 async def test_retry_after_is_clamped_to_twice_the_scheduled_delay(store, receiver):
     receiver.default = (429, {"Retry-After": "3600"}, 0)
     clock = Clock()
-    [delivery_id] = await enqueue(store, clock)
-    async with Running(store, clock, cfg_for(receiver, retry_jitter=0)):
+    [delivery_id] = await enqueue(store, clock.now)
+    async with delivering(store, cfg_for(receiver, retry_jitter=0), clock=clock):
         await attempts_reach(store, delivery_id, 1)
-    state = await row(store, delivery_id)
+    state = await delivery_row(store, delivery_id)
     assert state["next_attempt_at"] - clock.now == timedelta(seconds=10)
 
 
 async def test_at_most_concurrency_requests_in_flight(store, receiver):
     receiver.default = (200, {}, 0.2)
     clock = Clock()
-    ids = await enqueue(store, clock, 20)
-    async with Running(store, clock, cfg_for(receiver, concurrency=4)):
+    ids = await enqueue(store, clock.now, 20)
+    async with delivering(store, cfg_for(receiver, concurrency=4), clock=clock):
         await wait_until(lambda: _all_delivered(store, ids), timeout=20)
     assert receiver.peak == 4
     assert sorted(h["webhook-id"] for h, _ in receiver.requests) == sorted(ids)
@@ -175,9 +133,9 @@ async def test_a_database_that_records_no_outcome_stops_new_attempts(store, dsn,
     holder = await asyncpg.connect(dsn)
     await holder.execute("SELECT pg_advisory_lock(4242)")
     clock = Clock()
-    ids = await enqueue(store, clock, 300)
+    ids = await enqueue(store, clock.now, 300)
     bound = (1 + UNRECORDED_MAX) * 4
-    async with Running(store, clock, cfg_for(receiver, concurrency=4)):
+    async with delivering(store, cfg_for(receiver, concurrency=4), clock=clock):
         try:
             await wait_until(lambda: len(receiver.requests) >= UNRECORDED_MAX * 4)
             for _ in range(20):  # a second without outcomes: the count must stay bounded

@@ -13,8 +13,7 @@ import asyncpg
 import pytest
 
 from cartd.db import Store, problem
-from helpers import SLUG, scripted_receiver
-from test_operations import cartd_run
+from harness import SLUG, cartd_run, scripted_receiver
 
 # The shop's own tables: other names and columns, no keys, JSON as text (and json, not
 # jsonb, in a view).
@@ -120,10 +119,10 @@ async def test_a_cycle_on_views_without_keys_as_a_read_only_role(dsn, role, tmp_
 
         await grant(dsn, f"REVOKE SELECT ON agent_integrations FROM {role}")
         code, failed = await d.request("POST", "/polling/run-once")
-        _, status = await d.request("GET", "/status")
+        status = await d.status()
         await grant(dsn, f"GRANT SELECT ON agent_integrations TO {role}")
         code_again, again = await d.request("POST", "/polling/run-once")
-        _, healed = await d.request("GET", "/status")
+        healed = await d.status()
         assert await d.terminate() == 0
     expected = "permission denied [42501]: permission denied for view agent_integrations"
     assert code == 503 and failed["error"] == f"database: {expected}"

@@ -32,8 +32,8 @@ from cartd.rules import Rules, agent_rules
 from cartd.sources import custom, shopify, woocommerce
 from cartd.sources.fields import Gathered
 from cartd.sources.mock import mock_records
-from helpers import config
-from test_sources import custom_cart, graphql_node, rest_checkout, woo_order
+from harness import config
+from records import custom_cart, graphql_node, rest_checkout, woo_order
 
 pytestmark = pytest.mark.fuzz
 

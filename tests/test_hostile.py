@@ -20,8 +20,9 @@ from cartd.db import AgentWork, DatabaseHealth
 from cartd.metrics import Metrics
 from cartd.polling import Poller, PollLoop
 from cartd.rules import agent_card
-from helpers import Clock, config, scripted_receiver, serving, wait_until
-from test_reliability import bad_agent, custom_cart
+from cartshop import three_mugs
+from harness import (Clock, add_agent, cartd_run, config, metric, scripted_receiver, serving,
+                     wait_until)
 
 pytestmark = pytest.mark.reliability
 
@@ -29,7 +30,7 @@ RAW = "__raw__"  # a string the hostile store replaces by a raw JSON token
 
 
 def _broken(now: datetime, n: int, path: tuple, value) -> dict:
-    record = custom_cart(n, "USD", now)
+    record = three_mugs(n, "USD", now)
     target = record
     for step in path[:-1]:
         target = target[step]
@@ -84,7 +85,7 @@ class HostileStore:
 
     def __init__(self, now: datetime) -> None:
         self.bad, self.reasons = hostile_records(now)
-        good = custom_cart(1, "USD", now)
+        good = three_mugs(1, "USD", now)
         twice = copy.deepcopy(good)
         latest = copy.deepcopy(good)
         latest["abandoned_at"] = (now - timedelta(minutes=90)).isoformat()
@@ -107,7 +108,7 @@ class GrowingStore:
         self.carts: list[dict] = []
 
     async def handle(self, _: web.Request) -> web.Response:
-        cart = custom_cart(len(self.carts), "EUR", datetime.now(UTC))
+        cart = three_mugs(len(self.carts), "EUR", datetime.now(UTC))
         cart["cart_id"] = f"{self.name}-{len(self.carts)}"
         self.carts.append(cart)
         return web.json_response({"carts": self.carts, "next": None})
@@ -116,12 +117,6 @@ class GrowingStore:
 async def _nested(_: web.Request) -> web.Response:
     """JSON nested deeper than any parser's recursion limit."""
     return web.Response(text="[" * 100_000 + "]" * 100_000, content_type="application/json")
-
-
-def _events(d, event: str) -> list[dict]:
-    lines = d.log.read_text().splitlines() if d.log.exists() else []
-    return [e for e in (json.loads(line) for line in lines if line.startswith("{"))
-            if e.get("event") == event]
 
 
 def _received(receiver) -> Counter:
@@ -133,8 +128,6 @@ def _received(receiver) -> Counter:
 
 
 async def test_one_store_serving_every_malformed_kind_stops_no_one(store, dsn, tmp_path):
-    from test_operations import _scraped_at_least, cartd_run, metric
-
     now = datetime.now(UTC)
     hostile = HostileStore(now)
     healthy = [GrowingStore("g"), GrowingStore("h")]
@@ -146,26 +139,24 @@ async def test_one_store_serving_every_malformed_kind_stops_no_one(store, dsn, t
     async with serving(app) as root, scripted_receiver() as receiver, cartd_run(
             tmp_path, dsn, receiver.url, polling={"interval": "1s"}) as d:
         hostile.root = root
-        hostile_id = await bad_agent(store, {}, "custom", {"mode": "live",
+        hostile_id = await add_agent(store, {}, "custom", {"mode": "live",
                                                            "url": f"{root}/hostile"})
-        await bad_agent(store, {}, "custom", {"mode": "live", "url": f"{root}/nested"})
-        odd = await bad_agent(store, {}, "custom", {"mode": "mock"})
+        await add_agent(store, {}, "custom", {"mode": "live", "url": f"{root}/nested"})
+        odd = await add_agent(store, {}, "custom", {"mode": "mock"})
         await store.pool.execute(  # jsonb keeps 1e400, which JSON readers take as infinity
             "UPDATE company_agents SET settings = '{\"abandoned_after\": 1e400}'::jsonb"
             " WHERE id = (SELECT agent_id FROM agent_integrations WHERE id = $1)", odd)
         for shop in healthy:
-            await bad_agent(store, {}, "custom", {"mode": "live", "url": f"{root}/{shop.name}"})
+            await add_agent(store, {}, "custom", {"mode": "live", "url": f"{root}/{shop.name}"})
         await d.start()
 
-        def settled() -> bool:
+        def received_three_each() -> bool:
             got = _received(receiver)
-            return (all(sum(1 for c in got if c.startswith(s.name)) >= 3 for s in healthy)
-                    and len(_events(d, "cycle_finished")) >= 3)
+            return all(sum(1 for c in got if c.startswith(s.name)) >= 3 for s in healthy)
 
-        await wait_until(settled, timeout=60)
+        await wait_until(received_three_each, timeout=60)
         assert d.process.returncode is None
-        await wait_until(lambda: _scraped_at_least(
-            d, 'cartd_poll_cycles_total{outcome="ok"}', 3), timeout=10)
+        await d.wait_metric('cartd_poll_cycles_total{outcome="ok"}', lambda n: n >= 3)
         assert metric(await d.scrape(), 'cartd_poll_cycles_total{outcome="error"}') == 0
         assert await d.terminate() == 0
 
@@ -178,15 +169,15 @@ async def test_one_store_serving_every_malformed_kind_stops_no_one(store, dsn, t
     for shop in healthy:  # the cart each of the first cycles found, delivered once
         mine = {int(c.split("-")[1]) for c in got if c.startswith(shop.name + "-")}
         assert {0, 1, 2} <= mine
-    skipped = [e for e in _events(d, "malformed_records_skipped")
+    skipped = [e for e in d.events("malformed_records_skipped")
                if e["integration_id"] == str(hostile_id)]
     assert len(skipped) >= 3  # every cycle, every bad record counted under its reason
     assert all(e["reasons"] == dict(hostile.reasons) and e["count"] == len(hostile.bad)
                for e in skipped)
-    failed = [e for e in _events(d, "integration_failed") if e["level"] == "error"]
+    failed = [e for e in d.events("integration_failed") if e["level"] == "error"]
     assert failed and all("RecursionError" in e["exception"] for e in failed)
-    assert any("abandoned_after" in e["error"] for e in _events(d, "agent_skipped"))
-    cycles = _events(d, "cycle_finished")
+    assert any("abandoned_after" in e["error"] for e in d.events("agent_skipped"))
+    cycles = d.events("cycle_finished")
     assert all(c["integration_errors"] == 2 for c in cycles)
 
 
@@ -197,7 +188,7 @@ async def test_a_cart_listed_twice_and_on_the_next_page_is_delivered_once(store)
     app.router.add_get("/hostile", shop.handle)
     async with serving(app) as root:
         shop.root = root
-        await bad_agent(store, {}, "custom", {"mode": "live", "url": f"{root}/hostile"})
+        await add_agent(store, {}, "custom", {"mode": "live", "url": f"{root}/hostile"})
         summary, _ = await Poller(store, config, instance_id="p", clock=clock).run_cycle()
     [row] = await store.pool.fetch("SELECT body, carts FROM cartd.deliveries")
     body = json.loads(row["body"], parse_float=Decimal)
@@ -259,7 +250,7 @@ async def test_an_unexpected_exception_fails_that_cycle_and_the_next_one_runs(st
         return await real(ids)
 
     store.agents.source_states = source_states
-    await bad_agent(store, {}, "custom", {"mode": "mock"})
+    await add_agent(store, {}, "custom", {"mode": "mock"})
     with structlog.testing.capture_logs() as logs:
         assert await polling.run_cycle() is None
         assert (await polling.run_cycle()) is not None

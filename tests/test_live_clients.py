@@ -21,7 +21,7 @@ from cartd.sources.errors import IntegrationError
 from cartd.sources.live import fetch_live
 from cartd.sources.shopify_live import CHECKOUTS_PAGE, CHECKOUTS_QUERY, INLINE_LINES
 from fakestore import fake_store
-from helpers import config
+from harness import config
 
 SINCE = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

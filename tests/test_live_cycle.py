@@ -14,11 +14,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from fakestore import CONSUMER_SECRET, CUSTOM_TOKEN, TOKEN, Shop, make_carts
-from helpers import Clock, config
-from live_helpers import RECOVERED, Cycle, delivered_ids, live_integration
+from harness import RECOVERED, Clock, Pipeline, config, live_integration
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
-
 
 
 def shop_ids(shop: Shop, platform: str) -> list[str]:
@@ -43,14 +41,14 @@ async def test_every_platform_delivers_each_abandoned_cart_once_with_exact_total
     }
     integrations = {name: await live_integration(store, platform, settings)
                     for name, (_, platform, settings, _) in shops.items()}
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     summary = await cycle.run()
     assert summary.integration_errors == 0 and summary.integrations_processed == 4
 
     for name, (shop, platform, _, pages) in shops.items():
         assert len(shop.requests) == pages, name
         by_id = dict(zip(shop_ids(shop, platform), shop.carts))
-        sent = delivered_ids(cycle, integrations[name])
+        sent = cycle.delivered_ids(integrations[name])
         abandoned = [cid for cid, c in by_id.items()
                      if c.completed is None and now - c.updated > timedelta(hours=1)]
         assert sorted(sent) == sorted(abandoned) and len(abandoned) == len(shop.carts) - 2, name
@@ -91,14 +89,14 @@ async def test_a_429_is_waited_out_and_a_401_store_fails_alone(store, fake, rece
     throttled_id = await live_integration(store, "shopify", fake.shopify("throttled"))
     await live_integration(store, "woocommerce", fake.woocommerce("locked", secret="cs_wrong_secret"))
     await live_integration(store, "shopify", fake.shopify("denied", token="shpat_wrong_token"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     started = time.monotonic()
     with capture_logs() as logs:
         summary = await cycle.run()
     assert time.monotonic() - started >= 1.0
     assert summary.integration_errors == 2 and summary.integrations_processed == 2
-    assert sorted(delivered_ids(cycle, slow_id)) == ["100", "101"]
-    assert sorted(delivered_ids(cycle, throttled_id)) == ["200", "201"]
+    assert sorted(cycle.delivered_ids(slow_id)) == ["100", "101"]
+    assert sorted(cycle.delivered_ids(throttled_id)) == ["200", "201"]
     assert len(slow.requests) == 2 and len(throttled.requests) == 2
     failures = [entry for entry in logs if entry["event"] == "integration_failed"]
     assert sorted(entry["platform"] for entry in failures) == ["shopify", "woocommerce"]
@@ -112,7 +110,7 @@ async def test_a_store_that_makes_cartd_wait_holds_one_fetch_slot_not_the_others
         store, fake, receiver):
     clock = Clock()
     slow = fake.add("slow", make_carts(2, clock.now, first=100))
-    slow.faults.append((429, {"Retry-After": "2"}, {"errors": "Exceeded 2 calls per second"}))
+    slow.faults.append((429, {"Retry-After": "1"}, {"errors": "Exceeded 2 calls per second"}))
     slow_id = await live_integration(store, "shopify", fake.shopify("slow", api="rest"))
     # The slow store's integration comes first in its agent's list (ordered by id).
     first = uuid.UUID(int=1)
@@ -125,13 +123,13 @@ async def test_a_store_that_makes_cartd_wait_holds_one_fetch_slot_not_the_others
             "INSERT INTO agent_integrations (id, agent_id, platform, config)"
             " VALUES ($1, $2, 'shopify', $3)",
             uuid.uuid4(), agent, fake.shopify(f"fast{n}", api="rest"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     cycle.cfg = config(webhook={"url": receiver.url}, polling={"source_concurrency": 2})
     summary = await cycle.run()
     assert summary.integrations_processed == 5 and summary.carts_new == 10
     retried_at = slow.requests[1]["at"]
     assert all(shop.requests[0]["at"] < retried_at for shop in fast)
-    assert sorted(delivered_ids(cycle, first)) == ["100", "101"]
+    assert sorted(cycle.delivered_ids(first)) == ["100", "101"]
 
 
 @pytest.mark.parametrize("platform, api", [
@@ -146,9 +144,9 @@ async def test_a_delivered_cart_that_completes_sends_one_recovered_event(
                 "woocommerce": lambda: fake.woocommerce("s"),
                 "custom": lambda: fake.custom("s")}[platform]()
     integration = await live_integration(store, platform, settings)
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     await cycle.run()
-    assert len(delivered_ids(cycle, integration)) == 3
+    assert len(cycle.delivered_ids(integration)) == 3
 
     clock.advance(minutes=20)
     shop.complete(501, clock.now)
@@ -160,7 +158,7 @@ async def test_a_delivered_cart_that_completes_sends_one_recovered_event(
     recovered = [cart for iid, cart in cycle.carts(RECOVERED) if iid == str(integration)]
     assert [cart["cart_id"] for cart in recovered] == [shop_ids(shop, platform)[1]]
     assert recovered[0]["recovered_at"].endswith("Z")
-    assert len(delivered_ids(cycle, integration)) == 3
+    assert len(cycle.delivered_ids(integration)) == 3
     if platform == "woocommerce":
         assert shop.statuses_seen[0] == "pending,failed,checkout-draft"
         assert shop.statuses_seen[-1] == "pending,failed,checkout-draft,processing,completed,on-hold"
@@ -172,9 +170,9 @@ async def test_a_crash_between_fetching_and_recording_rereads_the_same_carts(
     clock = Clock()
     shop = fake.add("s", make_carts(2, clock.now, first=600))
     integration = await live_integration(store, "shopify", fake.shopify("s"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     await cycle.run()
-    assert sorted(delivered_ids(cycle, integration)) == ["600", "601"]
+    assert sorted(cycle.delivered_ids(integration)) == ["600", "601"]
 
     clock.advance(hours=2)
     shop.carts += make_carts(2, clock.now, first=700)
@@ -195,7 +193,7 @@ async def test_a_crash_between_fetching_and_recording_rereads_the_same_carts(
 
     clock.advance(minutes=2)  # the dead instance's lease runs out
     await cycle.run(cycle.poller("restarted"))
-    assert sorted(delivered_ids(cycle, integration)) == ["600", "601", "700", "701"]
+    assert sorted(cycle.delivered_ids(integration)) == ["600", "601", "700", "701"]
     crashed, restarted = (r["json"]["variables"]["query"].split(" AND ")[0]
                           for r in shop.requests[-2:])
     assert crashed == restarted  # the cursor did not move past the lost carts

@@ -15,8 +15,7 @@ from structlog.testing import capture_logs
 
 from cartd.sources import shopify_live
 from fakestore import CLIENT_SECRET, Bucket, FakeCart, FakeStore
-from helpers import Clock, config
-from live_helpers import Cycle, delivered_ids, live_integration
+from harness import Clock, Pipeline, config, live_integration
 
 LONG_LINES = 120
 
@@ -34,7 +33,7 @@ def big_store(now: Any, count: int, *, first: int = 1,
     return carts
 
 
-async def cycles_until(cycle: Cycle, integration: uuid.UUID, expected: int,
+async def cycles_until(cycle: Pipeline, integration: uuid.UUID, expected: int,
                        limit: int) -> int:
     """Run cycles (30 s apart) until `expected` carts were delivered; returns how many ran."""
     for ran in range(1, limit + 1):
@@ -56,14 +55,14 @@ async def test_a_store_of_twenty_thousand_checkouts_is_delivered_once_with_every
     shop = fake.add("big", carts, page_size=250,
                     bucket=Bucket(maximum=2000, restore_rate=1_000_000, available=2000))
     integration = await live_integration(store, "shopify", fake.shopify("big"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     cycle.cfg = config(webhook={"url": receiver.url}, polling={"interval": "1s"})
 
     ran = await cycles_until(cycle, integration, len(carts), limit=60)
 
     assert ran > 1  # the read went on where each cycle's budget stopped it
     delivered = {cart["cart_id"]: cart for iid, cart in cycle.carts() if iid == str(integration)}
-    assert Counter(delivered_ids(cycle, integration)).most_common(1)[0][1] == 1
+    assert Counter(cycle.delivered_ids(integration)).most_common(1)[0][1] == 1
     assert len(delivered) == len(carts)
     for fake_cart in carts:
         sent = delivered[str(fake_cart.number)]
@@ -87,10 +86,10 @@ async def test_integrations_of_one_shop_share_its_bucket_and_never_empty_it(
                     bucket=Bucket(maximum=1000, restore_rate=5000, available=1000))
     first = await live_integration(store, "shopify", fake.shopify("shared"))
     second = await live_integration(store, "shopify", fake.shopify("shared", version="2025-10"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     summary = await cycle.run()
     assert summary.integration_errors == 0 and summary.carts_new == 300
-    assert len(set(delivered_ids(cycle, first))) == len(set(delivered_ids(cycle, second))) == 150
+    assert len(set(cycle.delivered_ids(first))) == len(set(cycle.delivered_ids(second))) == 150
     assert shop.accounting.throttled == 0 and shop.accounting.requests >= 2 * 5
 
 
@@ -101,18 +100,18 @@ async def test_a_read_out_of_time_resumes_after_its_last_complete_checkout(
     shop = fake.add("slow", big_store(clock.now, 200), page_size=250,
                     bucket=Bucket(maximum=1000, restore_rate=2000, available=1000))
     integration = await live_integration(store, "shopify", fake.shopify("slow"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     cycle.cfg = config(webhook={"url": receiver.url}, polling={"interval": "1s"})
     with capture_logs() as logs:
         await cycle.run()
     resume = await store.pool.fetchval("SELECT resume FROM cartd.sources")
-    sent = delivered_ids(cycle, integration)
+    sent = cycle.delivered_ids(integration)
     assert 0 < len(sent) < 200 and resume["after_id"] == max(map(int, sent))
     assert any(e["event"] == "store_read_continues_next_cycle" for e in logs)
     first_cycle = len(shop.requests)
     clock.advance(seconds=30)
     await cycles_until(cycle, integration, 200, limit=30)
-    assert sorted(map(int, delivered_ids(cycle, integration))) == list(range(1, 201))
+    assert sorted(map(int, cycle.delivered_ids(integration))) == list(range(1, 201))
     assert shop.accounting.throttled == 0
     window = shop.requests[0]["json"]["variables"]["query"]
     resumed = shop.requests[first_cycle]["json"]["variables"]["query"]
@@ -126,10 +125,10 @@ async def test_a_connection_is_left_before_its_object_limit_and_the_window_goes_
     shop = fake.add("deep", big_store(clock.now, 200), page_size=250, connection_limit=100,
                     bucket=Bucket(restore_rate=200_000))
     integration = await live_integration(store, "shopify", fake.shopify("deep"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     summary = await cycle.run()
     assert summary.integration_errors == 0
-    assert sorted(map(int, delivered_ids(cycle, integration))) == list(range(1, 201))
+    assert sorted(map(int, cycle.delivered_ids(integration))) == list(range(1, 201))
     starts = [r["json"]["variables"] for r in shop.requests
               if "query" in r["json"]["variables"] and r["json"]["variables"]["after"] is None]
     # Two pages of 35 a connection (a third would pass 100 objects): 70, 140, 200.
@@ -147,11 +146,11 @@ async def test_nulls_the_schema_allows_are_delivered_not_skipped(store, fake: Fa
     fake.add("unapproved", big_store(clock.now, 2, first=10), customer_data=False)
     integration = await live_integration(store, "shopify", fake.shopify("nulls"))
     unapproved = await live_integration(store, "shopify", fake.shopify("unapproved"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     cycle.cfg = config(webhook={"url": receiver.url}, carts={"require_contact": False})
     summary = await cycle.run()
     assert summary.integration_errors == 0
-    assert sorted(delivered_ids(cycle, unapproved)) == ["10", "11"]
+    assert sorted(cycle.delivered_ids(unapproved)) == ["10", "11"]
     sent = {c["cart_id"]: c for iid, c in cycle.carts() if iid == str(integration)}
     assert sent["1"]["customer"] == {"id": None, "email": None, "first_name": None,
                                      "last_name": None, "phone": None, "accepts_marketing": False}
@@ -168,7 +167,7 @@ async def test_client_credentials_are_granted_renewed_after_a_401_and_never_show
     integration = await live_integration(store, "shopify", fake.shopify_client("app"))
     fake.add("refused", big_store(clock.now, 2, first=100))
     await live_integration(store, "shopify", fake.shopify_client("refused", secret="shpss_wrong"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     with capture_logs() as logs:
         summary = await cycle.run()
         assert summary.integration_errors == 1 and len(shop.issued) == 1
@@ -177,7 +176,7 @@ async def test_client_credentials_are_granted_renewed_after_a_401_and_never_show
         shop.carts += big_store(clock.now, 2, first=50, idle=timedelta(minutes=61))
         summary = await cycle.run()
     assert summary.integration_errors == 1 and len(shop.issued) == 2
-    assert sorted(map(int, delivered_ids(cycle, integration))) == [1, 2, 3, 4, 50, 51]
+    assert sorted(map(int, cycle.delivered_ids(integration))) == [1, 2, 3, 4, 50, 51]
     grant = shop.requests[0]
     assert grant["path"] == "/app/admin/oauth/access_token" and grant["form"] == {
         "grant_type": "client_credentials", "client_id": "fake_client_id_0123",

@@ -10,8 +10,7 @@ from datetime import timedelta
 from structlog.testing import capture_logs
 
 from fakestore import CONSUMER_KEY, CONSUMER_SECRET, FakeStore, make_carts
-from helpers import Clock
-from live_helpers import RECOVERED, Cycle, delivered_ids, live_integration
+from harness import RECOVERED, Clock, Pipeline, live_integration
 
 
 async def test_an_order_put_on_hold_after_its_cart_was_delivered_is_one_recovery(
@@ -19,9 +18,9 @@ async def test_an_order_put_on_hold_after_its_cart_was_delivered_is_one_recovery
     clock = Clock()
     shop = fake.add("woo", make_carts(3, clock.now, first=500))
     integration = await live_integration(store, "woocommerce", fake.woocommerce("woo"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     await cycle.run()
-    assert sorted(delivered_ids(cycle, integration)) == ["500", "501", "502"]
+    assert sorted(cycle.delivered_ids(integration)) == ["500", "501", "502"]
 
     clock.advance(minutes=20)
     shop.complete(501, clock.now, status="on-hold")  # paid by bank transfer: not yet paid
@@ -31,7 +30,7 @@ async def test_an_order_put_on_hold_after_its_cart_was_delivered_is_one_recovery
     recovered = [c for iid, c in cycle.carts(RECOVERED) if iid == str(integration)]
     assert [c["cart_id"] for c in recovered] == ["501"]
     assert recovered[0]["order_id"] == "501"
-    assert sorted(delivered_ids(cycle, integration)) == ["500", "501", "502"]
+    assert sorted(cycle.delivered_ids(integration)) == ["500", "501", "502"]
     assert "on-hold" in shop.statuses_seen[-1].split(",")
 
 
@@ -49,16 +48,16 @@ async def test_orders_changed_between_pages_are_each_delivered_once(store, fake:
 
     shop.on_page = change_orders
     integration = await live_integration(store, "woocommerce", fake.woocommerce("busy"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     summary = await cycle.run()
     assert summary.integration_errors == 0
-    sent = Counter(delivered_ids(cycle, integration))
+    sent = Counter(cycle.delivered_ids(integration))
     assert sorted(sent) == [str(n) for n in range(600, 612)] and set(sent.values()) == {1}
     asked = [r["query"] for r in shop.requests]
     assert {(q["orderby"], q["order"]) for q in asked} == {("modified", "asc")}
     clock.advance(minutes=30)
     again = await cycle.run()
-    assert again.carts_new == 0 and len(delivered_ids(cycle, integration)) == 12
+    assert again.carts_new == 0 and len(cycle.delivered_ids(integration)) == 12
 
 
 async def test_more_orders_of_one_second_than_a_page_are_neither_skipped_nor_repeated(
@@ -69,9 +68,9 @@ async def test_more_orders_of_one_second_than_a_page_are_neither_skipped_nor_rep
         cart.updated = clock.now - timedelta(hours=3)
     shop = fake.add("ties", carts, page_size=3)
     integration = await live_integration(store, "woocommerce", fake.woocommerce("ties"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     await cycle.run()
-    assert sorted(delivered_ids(cycle, integration)) == [str(n) for n in range(700, 710)]
+    assert sorted(cycle.delivered_ids(integration)) == [str(n) for n in range(700, 710)]
     pages = [(r["query"]["modified_after"], r["query"]["page"]) for r in shop.requests]
     assert len(pages) == len(set(pages))  # no request was asked twice
 
@@ -85,11 +84,11 @@ async def test_credentials_can_travel_as_query_parameters_and_stay_out_of_the_lo
     fake.add("wrong", make_carts(1, clock.now, first=900))
     await live_integration(store, "woocommerce",
                            fake.woocommerce("wrong", secret="cs_wrong_0123456789", auth="query"))
-    cycle = Cycle(store, receiver, clock)
+    cycle = Pipeline(store, receiver, clock)
     with capture_logs() as logs:
         summary = await cycle.run()
     assert summary.integration_errors == 1
-    assert sorted(delivered_ids(cycle, integration)) == ["800", "801"]
+    assert sorted(cycle.delivered_ids(integration)) == ["800", "801"]
     sent = shop.requests[0]
     assert "Authorization" not in sent["headers"]
     assert (sent["query"]["consumer_key"], sent["query"]["consumer_secret"]) == (

@@ -9,19 +9,16 @@ import os
 import pty
 import re
 import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
 
 from cartd.db import Store
-from cartshop import LateReceiver, bodies, cart, cartd_rows, complete, shops
-from helpers import ROOT, scripted_receiver, wait_until
-from test_operations import cartd_run, metric
+from cartshop import cart, complete, shops
+from harness import (CARTD, FAST_RETRIES, ROOT, LateReceiver, bodies, cartd_rows, cartd_run,
+                     environment, metric, scripted_receiver, wait_until)
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
-
-FAST_RETRIES = {"retry_schedule": ["1s"] * 20, "retry_jitter": 0, "breaker_failures": 1000}
 
 
 async def test_preview_shows_kept_and_filtered_carts_records_nothing_and_the_next_cycle_delivers(
@@ -102,7 +99,7 @@ async def test_forget_erases_a_customer_from_every_table_and_log_line(store, dsn
         await d.terminate()
         await rejecting.close()
         await down.close()
-    log = (tmp_path / "cartd.log").read_text()
+    log = d.log.read_text()
     assert code == 0 and counts["carts"] == 3 and counts["deliveries_withdrawn"] == 0
     assert counts["deliveries_rebuilt"] + counts["deliveries_in_flight"] == 1
     assert counts["deliveries_redacted"] == 3  # delivered, recovered, dead
@@ -131,9 +128,9 @@ def on_a_terminal(*args: str) -> str:
     """`cartd ctl ARGS` with its stdout on a pseudo-terminal; what it printed there."""
     leader, follower = pty.openpty()
     try:
-        process = subprocess.run([sys.executable, "-m", "cartd", "ctl", *args], cwd=ROOT,
-                                 stdout=follower, stderr=subprocess.PIPE, timeout=60,
-                                 env={**os.environ, "COLUMNS": "200"})
+        process = subprocess.run([*CARTD, "ctl", *args], cwd=ROOT, stdout=follower,
+                                 stderr=subprocess.PIPE, timeout=60,
+                                 env=environment(COLUMNS="200"))
         os.close(follower)
         follower = -1
         chunks = []
@@ -165,13 +162,13 @@ async def test_a_failing_store_shows_in_ctl_in_metrics_and_ctl_reads_well_on_a_t
         await wait_until(lambda: _failures(store, bad, 2), timeout=30)
         code, failing = await d.actl("integrations", "--failing")
         code_all, every = await d.actl("integrations")
-        await wait_until(lambda: _gauge(d, "cartd_integrations_failing", 1), timeout=20)
+        await d.wait_metric('cartd_integrations_failing{platform="custom"}', lambda n: n == 1,
+                            timeout=20)
         scraped = await d.scrape()
         socket = str(d.socket)
-        status = await asyncio.to_thread(on_a_terminal, "--socket", socket, "status")
-        table = await asyncio.to_thread(on_a_terminal, "--socket", socket, "integrations")
-        listed = await asyncio.to_thread(on_a_terminal, "--socket", socket, "deliveries")
-        raw = await asyncio.to_thread(on_a_terminal, "--socket", socket, "status", "--json")
+        status, table, listed, raw = await asyncio.gather(*(  # four terminals at once
+            asyncio.to_thread(on_a_terminal, "--socket", socket, *args)
+            for args in (["status"], ["integrations"], ["deliveries"], ["status", "--json"])))
     assert code == 0 and [i["id"] for i in failing] == [str(bad)]
     [entry] = failing
     assert entry["consecutive_failures"] >= 2 and "500" in entry["last_error"]
@@ -200,7 +197,3 @@ async def _failures(store: Store, integration, n: int) -> bool:
     failures = await store.pool.fetchval(
         "SELECT consecutive_failures FROM cartd.sources WHERE integration_id = $1", integration)
     return (failures or 0) >= n
-
-
-async def _gauge(d, name: str, value: float) -> bool:
-    return metric(await d.scrape(), f'{name}{{platform="custom"}}') == value

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from cartd.config import load, parse_duration
+from harness import ROOT, SECRET
 
-ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "cartd.service"
 SYSUSERS = ROOT / "systemd" / "cartd.sysusers"
 EXAMPLE_CONFIG = ROOT / "systemd" / "cartd.yaml"
@@ -223,7 +223,7 @@ def _example_with_credentials(tmp_path: Path) -> Path:
     dsn = tmp_path / "database-dsn"
     dsn.write_text("postgresql://cartd:s3cret@db.example.com:5432/shop\n")
     secret = tmp_path / "webhook-secret"
-    secret.write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+    secret.write_text(SECRET + "\n")
     text = EXAMPLE_CONFIG.read_text()
     for name, path in (("database-dsn", dsn), ("webhook-secret", secret)):
         literal = f"/run/credentials/cartd.service/{name}"
@@ -240,7 +240,7 @@ def test_example_config_loads_with_its_credentials(tmp_path: Path) -> None:
     assert config.control.socket == "/run/cartd/control.sock"
     assert config.control.socket_mode == "0660"
     assert config.database.dsn == "postgresql://cartd:s3cret@db.example.com:5432/shop"
-    assert config.webhook.secret == "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    assert config.webhook.secret == SECRET
     assert config.webhook.url.startswith("https://")
     assert config.logging.format == "json"
     assert config.metrics.listen

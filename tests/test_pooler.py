@@ -5,10 +5,6 @@ deliveries reach a receiver, every statement through the pooler."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -16,17 +12,10 @@ import yaml
 
 import pgbouncer
 from cartd.db import Store
-from helpers import ROOT, add_agents, scripted_receiver, wait_until
-from test_operations import cartd_run, metric
+from harness import add_agents, all_delivered, cartd_run, cli, metric, scripted_receiver, wait_until
 
 pytestmark = pytest.mark.skipif(pgbouncer.missing() is not None,
                                 reason=pgbouncer.missing() or "")
-
-
-def cartd(config: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cartd", "--config", str(config), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("CARTD_")})
 
 
 async def test_the_pooler_really_moves_sessions_between_server_connections(store, dsn):
@@ -54,11 +43,11 @@ async def test_migrate_seed_and_several_cycles_with_deliveries_through_pgbouncer
     with pgbouncer.pgbouncer(dsn) as via:
         config = tmp_path / "cli.yaml"
         config.write_text(yaml.safe_dump({"database": {"dsn": via, "pooler": "transaction"}}))
-        migrations = await asyncio.gather(*(asyncio.to_thread(cartd, config, "migrate",
-                                                              "--app-tables") for _ in range(2)))
+        migrations = await asyncio.gather(*(asyncio.to_thread(
+            cli, "--config", str(config), "migrate", "--app-tables") for _ in range(2)))
         assert [m.returncode for m in migrations] == [0, 0], [m.stderr for m in migrations]
         assert sorted(m.stdout.strip().split(":")[0] for m in migrations) == ["applied", "up to date"]
-        seeded = await asyncio.to_thread(cartd, config, "seed-demo", "--agents", "4")
+        seeded = await asyncio.to_thread(cli, "--config", str(config), "seed-demo", "--agents", "4")
         assert seeded.returncode == 0 and "2 abandoned-cart agents" in seeded.stdout, seeded.stderr
 
         direct = await Store.connect(dsn, 1, 2)
@@ -70,8 +59,8 @@ async def test_migrate_seed_and_several_cycles_with_deliveries_through_pgbouncer
                 await wait_until(lambda: _cycles_with_deliveries(direct, cycle), timeout=20)
                 await add_agents(direct, 2)
             await wait_until(lambda: _cycles_with_deliveries(direct, 4), timeout=20)
-            await wait_until(lambda: _all_delivered(direct), timeout=20)
-            _, status = await daemon.request("GET", "/status")
+            await wait_until(lambda: all_delivered(direct), timeout=20)
+            status = await daemon.status()
             code, listed = await daemon.actl("deliveries", "--status", "delivered")
             errors = metric(await daemon.scrape(), 'cartd_poll_cycles_total{outcome="error"}')
             assert await daemon.terminate() == 0
@@ -88,8 +77,3 @@ async def _cycles_with_deliveries(store: Store, n: int) -> bool:
     """Deliveries were made by at least `n` cycles (each writes them with its own time)."""
     return await store.pool.fetchval(
         "SELECT count(DISTINCT created_at) FROM cartd.deliveries") >= n
-
-
-async def _all_delivered(store: Store) -> bool:
-    counts = await store.deliveries.counts()
-    return counts["pending"] == 0 and counts["delivered"] > 0

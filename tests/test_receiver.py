@@ -1,8 +1,6 @@
 import asyncio
-import base64
 import itertools
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
@@ -20,10 +18,7 @@ from cartd.receiver import (
     serve,
 )
 from cartd.signing import Signer
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
-
+from harness import new_secret
 
 SECRET = new_secret()
 PAYLOAD = {

@@ -18,18 +18,15 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from cartd import outbox
-from cartd.daemon import Daemon
 from cartd.db import Store
 from cartd.delivery import Deliverer
 from cartd.polling import Poller
-from cartshop import LateReceiver, bodies, cart, complete, shops
-from helpers import Clock, config, scripted_receiver, serving, wait_until
-from test_operations import SECRET, cartd_run, metric
+from cartshop import cart, complete, shops
+from harness import (DETECTED, FAST_RETRIES, RECOVERED, SECRET, Clock, LateReceiver, bodies,
+                     cartd_run, config, delivering, metric, running_daemon, scripted_receiver,
+                     serving, wait_until)
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
-
-DETECTED, RECOVERED = "abandoned_cart.detected", "abandoned_cart.recovered"
-FAST_RETRIES = {"retry_schedule": ["1s"] * 20, "retry_jitter": 0, "breaker_failures": 1000}
 
 
 async def deliveries(store: Store) -> dict[str, dict]:
@@ -56,11 +53,11 @@ async def test_a_cart_that_completes_leaves_its_pending_delivery_and_an_empty_on
         await receiver.up()
         try:
             await wait_until(lambda: len(receiver.requests) == 1, timeout=30)
-            cycles = (await d.actl("status"))[1]["cycles"]
+            cycles = (await d.status())["cycles"]
             complete(shop.carts["three"][0])  # a1 was delivered: its recovered event goes
             await wait_until(lambda: len(receiver.requests) == 2, timeout=30)
             # two more cycles see a3 and b1 completed again: still nothing for them
-            await wait_until(lambda: _cycles_since(d, cycles, 2), timeout=30)
+            await d.wait_status(lambda status: status["cycles"] >= cycles + 2, timeout=30)
             code, withdrawn = await d.actl("deliveries", "--status", "withdrawn")
             scraped = await d.scrape()
         finally:
@@ -96,23 +93,14 @@ async def _rebuilt(store: Store) -> bool:
             and any(r["carts"] == 2 and not r["stale"] for r in rows))
 
 
-async def _cycles_since(d, cycles: int, more: int) -> bool:
-    return (await d.actl("status"))[1]["cycles"] >= cycles + more
-
-
 @asynccontextmanager
 async def cycling(store: Store, cfg, clock: Clock, shop) -> AsyncIterator[tuple[Poller, Deliverer]]:
     """A shop `s` with carts c1 and c2, a Poller and a running Deliverer on `clock`."""
     shop.carts["s"] = [cart("c1", now=clock.now), cart("c2", now=clock.now)]
     await shop.agent(store, "s")
     poller = Poller(store, lambda: cfg, instance_id="p", clock=clock)
-    deliverer = Deliverer(store, lambda: cfg, instance_id="d", clock=clock)
-    task = asyncio.create_task(deliverer.run())
-    try:
+    async with delivering(store, cfg, instance_id="d", clock=clock) as deliverer:
         yield poller, deliverer
-    finally:
-        deliverer.stop()
-        await asyncio.wait_for(task, 10)
 
 
 class Holding:
@@ -192,10 +180,7 @@ async def test_a_detected_delivery_expires_after_max_delivery_age_and_a_recovere
         cfg = config(database={"dsn": dsn}, polling={"enabled": False},
                      webhook={"url": receiver.url},
                      control={"socket": str(tmp_path / "ctl.sock")}, metrics={"listen": ""})
-        daemon = Daemon(cfg, clock=clock)
-        running = asyncio.create_task(daemon.run())
-        try:
-            await wait_until(lambda: daemon.polling is not None and daemon.database.reachable)
+        async with running_daemon(cfg, clock) as daemon:
             await daemon.run_once()  # x delivered
             receiver.default = (503, {}, 0.0)  # the receiver fails from now on
             complete(shop.carts["s"][0])
@@ -213,9 +198,6 @@ async def test_a_detected_delivery_expires_after_max_delivery_age_and_a_recovere
             attempts = (await deliveries(store))[fresh]["attempts"]
             clock.advance(hours=10)  # every retry of both is due many times over
             await wait_until(lambda: _attempts_of(store, back, 3), timeout=15)
-        finally:
-            daemon.stop()
-            await asyncio.wait_for(running, 15)
     rows = await deliveries(store)
     assert rows[fresh]["last_error"].startswith("expired: not delivered within 24h")
     assert rows[fresh]["attempts"] == attempts  # never sent again

@@ -7,58 +7,40 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 from aiohttp import web
 
 from cartd.db import Store
-from cartd.delivery import Deliverer
-from cartd.demo import insert_rows
 from cartd.polling import Poller
 from cartd.signing import Signer
-from helpers import ROOT, SLUG, Clock, add_agents, config, scripted_receiver, wait_until
-from test_delivery import SECRET, enqueue, row
+from cartshop import HeldStore, live_custom_agent, three_mugs
+from harness import (CARTD, ROOT, SECRET, Clock, add_agent, add_agents, all_delivered, app_of,
+                     cartd_run, config, delivering, delivery_row, enqueue, free_port,
+                     nothing_pending, proxied, scripted_receiver, serving, wait_until)
 
 pytestmark = pytest.mark.reliability
 
 
-async def serve(handler) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"
-
-
 async def deliver_until(store: Store, clock: Clock, cfg, done, timeout: float = 30) -> None:
     """Run a Deliverer, moving the clock past each retry, until `done()` holds."""
-    deliverer = Deliverer(store, lambda: cfg, instance_id="r-1", clock=clock)
-    task = asyncio.create_task(deliverer.run())
+    async with delivering(store, cfg, instance_id="r-1", clock=clock) as deliverer:
 
-    async def progressed() -> bool:
-        if await done():
-            return True
-        if not await store.pool.fetchval(
-                "SELECT count(*) FROM cartd.deliveries WHERE lease_until IS NOT NULL"):
-            clock.advance(minutes=1)  # nothing in flight: bring the next retry due
-            deliverer.wake()
-        return False
+        async def progressed() -> bool:
+            if await done():
+                return True
+            if not await store.pool.fetchval(
+                    "SELECT count(*) FROM cartd.deliveries WHERE lease_until IS NOT NULL"):
+                clock.advance(minutes=1)  # nothing in flight: bring the next retry due
+                deliverer.wake()
+            return False
 
-    try:
         await wait_until(progressed, timeout=timeout, interval=0.1)
-    finally:
-        deliverer.stop()
-        await asyncio.wait_for(task, 20)
 
 
 @pytest.mark.parametrize("fault", ["reset", "slow_body", "late_2xx"])
@@ -80,25 +62,22 @@ async def test_receiver_faults_are_retried_and_end_delivered(store, fault):
                 await asyncio.sleep(0.1)
             return response
         if len(seen) == 1 and fault == "late_2xx":
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.0)  # twice the timeout
         return web.json_response({"ok": True})
 
-    runner, url = await serve(handler)
     clock = Clock()
-    [delivery_id] = await enqueue(store, clock)
-    cfg = config(webhook={"url": url, "secret": SECRET, "timeout": "500ms"})
-    try:
+    [delivery_id] = await enqueue(store, clock.now)
+    async with serving(app_of(handler)) as root:
+        cfg = config(webhook={"url": f"{root}/hook", "secret": SECRET, "timeout": "500ms"})
         await deliver_until(store, clock, cfg,
                             lambda: _status(store, delivery_id, "delivered"))
-    finally:
-        await runner.cleanup()
-    state = await row(store, delivery_id)
+    state = await delivery_row(store, delivery_id)
     assert state["attempts"] == 2
     assert seen == [delivery_id, delivery_id]  # a repeat keeps its webhook-id
 
 
 async def _status(store: Store, delivery_id: str, status: str) -> bool:
-    return (await row(store, delivery_id))["status"] == status
+    return (await delivery_row(store, delivery_id))["status"] == status
 
 
 async def test_10000_carts_through_a_receiver_failing_30_percent(store):
@@ -118,45 +97,30 @@ async def test_10000_carts_through_a_receiver_failing_30_percent(store):
         return web.json_response({"ok": True})
 
     await add_agents(store, 90)
-    runner, url = await serve(flaky)
     clock = Clock()
-    cfg = config(webhook={"url": url, "secret": SECRET, "max_carts_per_payload": 10,
-                          "concurrency": 64, "retry_schedule": ["1s"] * 30,
-                          "breaker_failures": 1000})
-    try:
+    async with serving(app_of(flaky)) as root:
+        cfg = config(webhook={"url": f"{root}/hook", "secret": SECRET,
+                              "max_carts_per_payload": 10, "concurrency": 64,
+                              "retry_schedule": ["1s"] * 30, "breaker_failures": 1000})
         summary, _ = await Poller(store, lambda: cfg, instance_id="p", clock=clock).run_cycle()
         assert summary.carts_new >= 10_000
-        await deliver_until(store, clock, cfg, lambda: _none_pending(store), timeout=120)
-    finally:
-        await runner.cleanup()
+        await deliver_until(store, clock, cfg, lambda: nothing_pending(store), timeout=120)
     recorded = await store.pool.fetch("SELECT integration_id, cart_id FROM cartd.sent_carts")
     assert set(carts) == {(str(r["integration_id"]), r["cart_id"]) for r in recorded}
     assert max(carts.values()) == 1 and max(accepted.values()) == 1
     assert (await store.deliveries.counts())["dead"] == 0
 
 
-async def _none_pending(store: Store) -> bool:
-    return (await store.deliveries.counts())["pending"] == 0
-
-
-async def bad_agent(store: Store, settings, platform: str, integration_config) -> uuid.UUID:
-    company, agent, integration = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    await insert_rows(store, [(company, "Odd Co", None, None, None)],
-                          [(agent, company, "Odd agent", SLUG, True, settings)],
-                          [(integration, agent, platform, True, integration_config)])
-    return integration
-
-
 async def test_bad_rows_fail_alone_and_are_counted(store):
     await add_agents(store, 3)
-    null_config = await bad_agent(store, {}, "shopify", {})
+    null_config = await add_agent(store, {}, "shopify", {})
     await store.pool.execute("UPDATE agent_integrations SET config = 'null'::jsonb WHERE id = $1",
                              null_config)  # JSON null: treated as {}
-    await bad_agent(store, {}, "shopify", "a string")
-    await bad_agent(store, {}, "magento", {"mode": "mock"})
-    await bad_agent(store, {}, "custom", {"mode": "sometimes"})
-    await bad_agent(store, [1, 2], "custom", {"mode": "mock"})
-    await bad_agent(store, {"min_value": "lots"}, "custom", {"mode": "mock"})
+    await add_agent(store, {}, "shopify", "a string")
+    await add_agent(store, {}, "magento", {"mode": "mock"})
+    await add_agent(store, {}, "custom", {"mode": "sometimes"})
+    await add_agent(store, [1, 2], "custom", {"mode": "mock"})
+    await add_agent(store, {"min_value": "lots"}, "custom", {"mode": "mock"})
     summary, _ = await Poller(store, config, instance_id="p", clock=Clock()).run_cycle()
     assert summary.agents_found == 9
     assert summary.integrations_processed == 4
@@ -167,13 +131,10 @@ async def test_bad_rows_fail_alone_and_are_counted(store):
 
 
 def test_cartd_receiver_rejects_a_tampered_signature(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "cartd", "receiver", "--listen", f"127.0.0.1:{port}",
-         "--secret", SECRET], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+        [*CARTD, "receiver", "--listen", f"127.0.0.1:{port}", "--secret", SECRET], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         body = b'{"type":"abandoned_cart.detected","abandoned_carts":[]}'
         headers = Signer((SECRET,)).headers("msg_1", int(time.time()), body)
@@ -204,8 +165,6 @@ async def _post_twice(port: int, body: bytes, headers: dict[str, str]) -> list[i
 
 
 async def test_no_secret_reaches_logs_status_or_metrics(store, dsn, tmp_path, pg_server):
-    from test_operations import cartd_run
-
     password = "pw-Zq81xK"
     await store.pool.execute(f"CREATE ROLE cartd_reader LOGIN SUPERUSER PASSWORD '{password}'")
     with_password = dsn.replace("postgres@", f"cartd_reader:{password}@", 1).replace(
@@ -214,9 +173,9 @@ async def test_no_secret_reaches_logs_status_or_metrics(store, dsn, tmp_path, pg
     extra = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
     token = "shpat_SECRET_token_0001"
     await add_agents(store, 2)
-    await bad_agent(store, {}, "shopify", {"mode": "live", "shop_domain": "acme.myshopify.com",
+    await add_agent(store, {}, "shopify", {"mode": "live", "shop_domain": "acme.myshopify.com",
                                            "access_token": token})
-    await bad_agent(store, {}, "woocommerce", {"mode": "live", "base_url": "http://10.0.0.1",
+    await add_agent(store, {}, "woocommerce", {"mode": "live", "base_url": "http://10.0.0.1",
                                                "consumer_key": "ck_x", "consumer_secret": token})
     async with scripted_receiver() as receiver, cartd_run(
             tmp_path, with_password, receiver.url,
@@ -228,7 +187,7 @@ async def test_no_secret_reaches_logs_status_or_metrics(store, dsn, tmp_path, pg
         d.write("webhook:\n  secret: not-a-secret-" + password + "\n")
         code, failed = await d.request("POST", "/reload")
         assert code == 400
-        _, status = await d.request("GET", "/status")
+        status = await d.status()
         metrics = await d.scrape()
         assert await d.terminate() == 0
     seen = d.log.read_text() + json.dumps(status) + json.dumps(failed) + metrics
@@ -236,44 +195,10 @@ async def test_no_secret_reaches_logs_status_or_metrics(store, dsn, tmp_path, pg
         assert secret not in seen, secret
 
 
-def custom_cart(n: int, currency: str, now) -> dict:
-    idle = now - timedelta(hours=2)
-    return {
-        "cart_id": f"c{n}",
-        "customer": {"id": f"u{n}", "email": f"u{n}@example.com", "first_name": "A",
-                     "last_name": "B", "phone": None, "accepts_marketing": True},
-        "items": [{"product_id": "p1", "variant_id": "v1", "sku": "S", "title": "Mug",
-                   "quantity": 3, "unit_price": "19.99", "line_total": "59.97"}],
-        "currency": currency, "total_value": "59.97",
-        "created_at": (idle - timedelta(minutes=10)).isoformat(),
-        "abandoned_at": idle.isoformat(), "recovery_url": "https://shop.example.com/r",
-    }
-
-
-class CustomStore:
-    """A custom-platform store on 127.0.0.1 whose answers can be held back."""
-
-    def __init__(self, carts: list[dict]) -> None:
-        self.carts = carts
-        self.open = asyncio.Event()
-        self.open.set()
-        self.requests = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.requests += 1
-        await self.open.wait()
-        return web.json_response({"carts": self.carts, "next": None})
-
-
-async def live_custom_agent(store: Store, url: str) -> None:
-    await bad_agent(store, {}, "custom", {"mode": "live", "url": url})
-
-
 async def test_a_cycle_held_up_by_a_slow_store_keeps_its_agents_past_the_lease(store):
     clock = Clock()
-    shop = CustomStore([custom_cart(n, "USD", clock.now) for n in range(3)])
+    shop = HeldStore([three_mugs(n, "USD", clock.now) for n in range(3)])
     shop.open.clear()
-    runner, url = await serve(shop.handle)
     cfg = config(polling={"interval": "1s"})  # a lease of 5 s, renewed every 1.7 s
 
     async def renewed() -> bool:
@@ -281,8 +206,8 @@ async def test_a_cycle_held_up_by_a_slow_store_keeps_its_agents_past_the_lease(s
             "SELECT min(lease_until) FROM cartd.agent_polls WHERE claimed_by = 'slow'")
         return until is not None and until > clock.now
 
-    try:
-        await live_custom_agent(store, url)
+    async with serving(app_of(shop.handle)) as root:
+        await live_custom_agent(store, f"{root}/hook")
         slow = Poller(store, lambda: cfg, instance_id="slow", clock=clock)
         cycle = asyncio.create_task(slow.run_cycle())
         await wait_until(lambda: shop.requests > 0)
@@ -291,20 +216,15 @@ async def test_a_cycle_held_up_by_a_slow_store_keeps_its_agents_past_the_lease(s
         other, _ = await Poller(store, lambda: cfg, instance_id="other", clock=clock).run_cycle()
         shop.open.set()
         first, _ = await cycle
-    finally:
-        await runner.cleanup()
     assert (other.agents_found, first.agents_found, first.carts_new) == (0, 1, 3)
 
 
 async def test_a_currency_mix_gives_one_payload_per_currency_with_exact_totals(store):
     clock = Clock()
-    shop = CustomStore([custom_cart(n, "USD" if n % 3 else "EUR", clock.now) for n in range(9)])
-    runner, url = await serve(shop.handle)
-    try:
-        await live_custom_agent(store, url)
+    shop = HeldStore([three_mugs(n, "USD" if n % 3 else "EUR", clock.now) for n in range(9)])
+    async with serving(app_of(shop.handle)) as root:
+        await live_custom_agent(store, f"{root}/hook")
         summary, _ = await Poller(store, config, instance_id="p", clock=clock).run_cycle()
-    finally:
-        await runner.cleanup()
     bodies = [json.loads(r["body"], parse_float=Decimal)
               for r in await store.pool.fetch("SELECT body FROM cartd.deliveries")]
     by_currency = {b["recovery_analytics"]["currency"]: b for b in bodies}
@@ -317,24 +237,19 @@ async def test_a_currency_mix_gives_one_payload_per_currency_with_exact_totals(s
 
 
 async def test_kill_9_mid_cycle_then_restart_delivers_every_cart_once(store, dsn, tmp_path):
-    from test_operations import cartd_run
-
     clock_now = Clock(start=datetime.now(UTC)).now
-    shop = CustomStore([custom_cart(n, "USD", clock_now) for n in range(20)])
+    shop = HeldStore([three_mugs(n, "USD", clock_now) for n in range(20)])
     shop.open.clear()  # the cycle is stuck fetching when the daemon dies
-    runner, url = await serve(shop.handle)
-    await live_custom_agent(store, url)
-    await add_agents(store, 2)
     received: Counter[tuple[str, str]] = Counter()
-    try:
+    async with serving(app_of(shop.handle)) as root:
+        await live_custom_agent(store, f"{root}/hook")
+        await add_agents(store, 2)
         async with scripted_receiver() as receiver, cartd_run(
                 tmp_path, dsn, receiver.url, polling={"interval": "1s"}) as d:
             await d.start()
             await wait_until(lambda: shop.requests > 0, timeout=20)
-            d.process.kill()
-            await d.process.wait()
+            await d.kill()
             shop.open.set()
-        (tmp_path / "again").mkdir()
         async with scripted_receiver() as receiver2, cartd_run(
                 tmp_path / "again", dsn, receiver2.url,
                 polling={"interval": "1s"}, shutdown_timeout="5s") as d2:
@@ -343,10 +258,8 @@ async def test_kill_9_mid_cycle_then_restart_delivers_every_cart_once(store, dsn
             # before it died counts too
             receivers = [receiver, receiver2]
             await wait_until(lambda: _carts_of(receivers, received) >= 20, timeout=120)
-            await wait_until(lambda: _none_pending(store), timeout=30)  # the mock agents' too
+            await wait_until(lambda: nothing_pending(store), timeout=30)  # the mock agents' too
             assert await d2.terminate() == 0
-    finally:
-        await runner.cleanup()
     _carts_of(receivers, received)  # with what went out while it stopped
     # a cart a later cycle recorded just before the stop waits for the next start
     waiting: Counter[tuple[str, str]] = Counter()
@@ -372,11 +285,8 @@ def _carts_of(receivers, received: Counter) -> int:
 
 async def test_a_database_restarting_again_and_again_loses_and_doubles_nothing(
         store, dsn, tmp_path):
-    from test_operations import Proxy, cartd_run, proxied
-
     await add_agents(store, 6)
-    proxy = Proxy(("tcp", "0", 0))
-    proxy.target, via_proxy = proxied(dsn, proxy.port)
+    proxy, via_proxy = proxied(dsn)
     await proxy.up()
     async with scripted_receiver() as receiver, cartd_run(
             tmp_path, via_proxy, receiver.url, polling={"interval": "1s"},
@@ -387,7 +297,7 @@ async def test_a_database_restarting_again_and_again_loses_and_doubles_nothing(
             await proxy.down()
             await asyncio.sleep(0.5)
             await proxy.up()
-        await wait_until(lambda: _settled(store), timeout=60)
+        await wait_until(lambda: all_delivered(store), timeout=60)
         assert await d.terminate() == 0
     await proxy.down()
     accepted = Counter()
@@ -413,15 +323,8 @@ async def _recorded(store: Store) -> tuple[set[tuple[str, str]], set[tuple[str, 
             {(r["i"], r["cart_id"]) for r in rows if r["recovered_at"] is not None})
 
 
-async def _settled(store: Store) -> bool:
-    counts = await store.deliveries.counts()
-    return counts["pending"] == 0 and counts["delivered"] > 0
-
-
 async def test_a_statement_timeout_fails_the_cycle_and_the_daemon_recovers(
         store, dsn, tmp_path):
-    from test_operations import _scraped_at_least, _status_is, cartd_run
-
     await add_agents(store, 2)
     database = dsn.split("?")[0].rsplit("/", 1)[1]
     await store.pool.execute(f'ALTER DATABASE "{database}" SET statement_timeout = \'300ms\'')
@@ -430,18 +333,16 @@ async def test_a_statement_timeout_fails_the_cycle_and_the_daemon_recovers(
         async with store.pool.acquire() as blocker, blocker.transaction():
             await blocker.execute("LOCK TABLE cartd.agent_polls IN ACCESS EXCLUSIVE MODE")
             await d.start()
-            await wait_until(lambda: _scraped_at_least(
-                d, 'cartd_poll_cycles_total{outcome="error"}', 1), timeout=20)
-        await wait_until(lambda: _status_is(d, "database", "ok"), timeout=20)
-        await wait_until(lambda: _settled(store), timeout=30)
+            await d.wait_metric('cartd_poll_cycles_total{outcome="error"}', lambda n: n >= 1,
+                                timeout=20)
+        await d.wait_status(lambda status: status["database"] == "ok", timeout=20)
+        await wait_until(lambda: all_delivered(store), timeout=30)
         assert await d.terminate() == 0
     assert "canceling statement due to statement timeout" in d.log.read_text()
 
 
 async def test_oversized_control_bodies_are_refused(store, dsn, tmp_path):
     import aiohttp
-
-    from test_operations import cartd_run
 
     async with scripted_receiver() as receiver, cartd_run(tmp_path, dsn, receiver.url) as d:
         await d.start()

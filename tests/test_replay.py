@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 from standardwebhooks import Webhook
 
 from cartd.db import Store
-from helpers import add_agents, scripted_receiver, wait_until
-from test_operations import SECRET, cartd_run
+from harness import SECRET, add_agents, cartd_run, scripted_receiver, wait_until
 
 
 async def statuses(store: Store) -> dict[str, str]:

@@ -3,19 +3,17 @@ kill -9 of one instance, and a failing destination that opens its breaker."""
 
 from __future__ import annotations
 
-import pytest
-
 import asyncio
-import json
 import time
 from collections import Counter, defaultdict
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import pytest
+
 from cartd.db import Store
-from helpers import Scripted, add_agents, scripted_receiver, wait_until
-from test_daemon import accounted, bodies, carts_received, recorded
-from test_operations import Cartd, cartd_run, metric
+from harness import (Cartd, Scripted, accounted, add_agents, bodies, cartd_run, carts_received,
+                     recorded, scripted_receiver, wait_until)
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
 
@@ -25,17 +23,14 @@ SMALL = {"mock": {"carts_per_hour": 1}}  # about 23 abandoned carts per store, o
 async def instances(stack: AsyncExitStack, tmp: Path, dsn: str, url: str, n: int,
                     **overrides) -> list[Cartd]:
     """`n` started instances, each with its own socket, metrics port and log."""
-    started = []
-    for i in range(n):
-        (tmp / f"i{i}").mkdir()
-        d = await stack.enter_async_context(cartd_run(tmp / f"i{i}", dsn, url, **overrides))
-        started.append(d)
+    started = [await stack.enter_async_context(cartd_run(tmp / f"i{i}", dsn, url, **overrides))
+               for i in range(n)]
     await asyncio.gather(*(d.start() for d in started))
     return started
 
 
 async def instance_id(d: Cartd) -> str:
-    return (await d.request("GET", "/status"))[1]["instance_id"]
+    return (await d.status())["instance_id"]
 
 
 async def all_delivered(store: Store) -> bool:
@@ -45,7 +40,7 @@ async def all_delivered(store: Store) -> bool:
 
 async def test_three_instances_share_300_agents_and_deliver_every_cart_once(store, dsn, tmp_path):
     async with scripted_receiver() as receiver, AsyncExitStack() as stack:
-        receiver.default = (200, {}, 0.3)  # a receiver that takes its time: work to share
+        receiver.default = (200, {}, 0.15)  # a receiver that takes its time: work to share
         fleet = await instances(stack, tmp_path, dsn, receiver.url, 3, platforms=SMALL,
                                 polling={"interval": "1s"},
                                 webhook={"concurrency": 4, "timeout": "2s"})
@@ -75,27 +70,24 @@ async def _received_all(receiver: Scripted, store: Store) -> bool:
 
 
 def _agents_polled(fleet: list[Cartd]) -> list[int]:
-    out = []
-    for d in fleet:
-        events = [json.loads(line) for line in d.log.read_text().splitlines() if line.startswith("{")]
-        out.append(sum(e["agents_found"] for e in events if e["event"] == "cycle_finished"))
-    return out
+    return [sum(e["agents_found"] for e in d.events("cycle_finished")) for d in fleet]
 
 
 async def test_kill_9_of_one_instance_its_claims_return_and_the_others_deliver(store, dsn, tmp_path):
     async with scripted_receiver() as receiver, AsyncExitStack() as stack:
-        receiver.default = (200, {}, 1.5)  # slow: the victim dies with requests in flight
+        receiver.default = (200, {}, 0.5)  # slow: the victim dies with requests in flight
+        # its deliveries come back when their lease (timeout + 10 s) ends; the timeout
+        # leaves the others' requests 1.5 s to spare
         fleet = await instances(stack, tmp_path, dsn, receiver.url, 3, platforms=SMALL,
                                 polling={"interval": "1s"},
-                                webhook={"concurrency": 4, "timeout": "3s"})
+                                webhook={"concurrency": 4, "timeout": "2s"})
         ids = {await instance_id(d): d for d in fleet}
         await add_agents(store, 60)
         holder = await _a_holder_in_flight(store, receiver)
         victim = ids[holder]
         held = {r["id"] for r in await store.pool.fetch(
             "SELECT id FROM cartd.deliveries WHERE claimed_by = $1", holder)}
-        victim.process.kill()
-        await victim.process.wait()
+        await victim.kill()
         killed = time.monotonic()
         await wait_until(lambda: all_delivered(store), timeout=45)
         await wait_until(lambda: accounted(set(carts_received(receiver)), store), timeout=10)
@@ -108,9 +100,9 @@ async def test_kill_9_of_one_instance_its_claims_return_and_the_others_deliver(s
     # Nothing lost, and a cart is never detected under two webhook-ids.
     assert await accounted(set(carts_received(receiver)), store)
     ids_of_cart = defaultdict(set)
-    for (headers, _), body in zip(receiver.requests, bodies(receiver), strict=True):
+    for webhook_id, body in bodies(receiver):
         for cart in body["abandoned_carts"] if body["type"] == "abandoned_cart.detected" else ():
-            ids_of_cart[(body["integration"]["id"], cart["cart_id"])].add(headers["webhook-id"])
+            ids_of_cart[(body["integration"]["id"], cart["cart_id"])].add(webhook_id)
     assert all(len(v) == 1 for v in ids_of_cart.values())
     sent = Counter(h["webhook-id"] for h, _ in receiver.requests)
     repeats = {i for i, n in sent.items() if n > 1}
@@ -146,7 +138,7 @@ async def test_a_failing_destination_opens_its_breaker_while_a_healthy_one_flows
         await d.start()
         await add_agents(store, 8)
         await add_agents(store, 8, settings={"webhook_url": healthy.url})
-        await wait_until(lambda: _scraped(d, "cartd_breaker_open", 1), timeout=20)
+        await d.wait_metric("cartd_breaker_open", lambda n: n == 1, timeout=20)
         # While open, the failing destination sees one probe a second, not a retry a second
         # for each of its 8 deliveries.
         before = len(failing.requests)
@@ -164,19 +156,14 @@ async def test_a_failing_destination_opens_its_breaker_while_a_healthy_one_flows
         assert all(r["attempts"] == 1 and r["lag"].total_seconds() < 3 for r in lags)
 
         failing.default = (200, {}, 0.0)  # it recovers: the next probe closes the breaker
-        await wait_until(lambda: _scraped(d, "cartd_breaker_open", 0), timeout=10)
+        await d.wait_metric("cartd_breaker_open", lambda n: n == 0)
         await wait_until(lambda: all_delivered(store), timeout=20)
         assert await d.terminate() == 0
-    events = [json.loads(line) for line in d.log.read_text().splitlines() if line.startswith("{")]
     host = failing.url.rsplit("/", 1)[0]
-    assert [e["destination"] for e in events if e["event"] == "breaker_opened"] == [host]
-    assert [e["destination"] for e in events if e["event"] == "breaker_closed"] == [host]
+    assert [e["destination"] for e in d.events("breaker_opened")] == [host]
+    assert [e["destination"] for e in d.events("breaker_closed")] == [host]
     print(f"\nwhile open: {probes} probes in 3 s; healthy webhooks delivered in"
           f" {max(r['lag'].total_seconds() for r in lags):.2f}s at most")
-
-
-async def _scraped(d: Cartd, name: str, value: float) -> bool:
-    return metric(await d.scrape(), name) == value
 
 
 async def _healthy_done(store: Store) -> bool:

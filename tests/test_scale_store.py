@@ -8,8 +8,7 @@ from datetime import timedelta
 
 from cartd.db import Outcome, Store
 from cartd.polling import Poller
-from helpers import SLUG, Clock, add_agents, config
-from test_breaker import enqueue_to
+from harness import SLUG, Clock, add_agents, config, delivery_row, enqueue
 
 URL = "http://127.0.0.1:9/hook"
 DAY = timedelta(days=1)
@@ -56,7 +55,7 @@ async def test_instances_asking_for_shares_at_once_clear_the_dead_ones_without_e
 
 async def test_a_stale_instance_cannot_overwrite_a_delivery_another_took_over(store):
     clock = Clock()
-    [delivery_id] = await enqueue_to(store, clock.now, None, 1)
+    [delivery_id] = await enqueue(store, clock.now)
     claim = dict(lease=timedelta(seconds=10), limit=10, default_url=URL)
     assert [c.id for c in await store.deliveries.claim(instance="a", now=clock.now, **claim)] \
         == [delivery_id]
@@ -68,16 +67,16 @@ async def test_a_stale_instance_cannot_overwrite_a_delivery_another_took_over(st
     assert await store.deliveries.record_outcomes([late], "a") == set()
     done = Outcome(delivery_id, "delivered", 200, None, None, clock.now)
     assert await store.deliveries.record_outcomes([done], "b") == {done.id}
-    row = await store.pool.fetchrow("SELECT * FROM cartd.deliveries WHERE id = $1", delivery_id)
+    row = await delivery_row(store, delivery_id)
     assert (row["status"], row["attempts"], row["attempted_by"]) == ("delivered", 1, "b")
     assert row["claimed_by"] is None and row["lease_until"] is None
 
 
 async def test_claims_skip_excluded_urls_and_unclaim_gives_rows_back_untouched(store):
     clock = Clock()
-    held = await enqueue_to(store, clock.now - timedelta(minutes=1), None, 3)
-    held += await enqueue_to(store, clock.now, URL, 1)  # the default URL, written out
-    other = await enqueue_to(store, clock.now, "http://127.0.0.1:10/x", 2)
+    held = await enqueue(store, clock.now - timedelta(minutes=1), 3)
+    held += await enqueue(store, clock.now, 1, URL)  # the default URL, written out
+    other = await enqueue(store, clock.now, 2, "http://127.0.0.1:10/x")
     claim = dict(instance="a", now=clock.now, lease=timedelta(seconds=10), default_url=URL)
     got = await store.deliveries.claim(limit=10, exclude=[URL], **claim)
     assert sorted(c.id for c in got) == sorted(other)

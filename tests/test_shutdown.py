@@ -20,7 +20,7 @@ from cartd.daemon import Daemon
 from cartd.db import NewDelivery, Store
 from cartd.demo import insert_rows
 from cartd.payload import dumps, new_webhook_id
-from helpers import SLUG, wait_until
+from harness import SLUG, wait_until
 
 
 @asynccontextmanager

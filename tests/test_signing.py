@@ -8,18 +8,15 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from cartd.signing import SignatureError, Signer, decode_secret
+from harness import SECRET, new_secret
 
-VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+VECTOR_SECRET = SECRET  # the Standard Webhooks reference vector's secret
 VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
 VECTOR_TIMESTAMP = 1614265330
 VECTOR_BODY = b'{"test": 2432232314}'
 VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 BODY = '{"type":"abandoned_cart.detected","total_value":39.98,"name":"Zoë"}'.encode()
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
 def test_reference_vector() -> None:
@@ -123,7 +120,7 @@ def test_non_integer_timestamp_is_rejected() -> None:
 @pytest.mark.parametrize(
     "secret, message",
     [
-        ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_"),
+        (SECRET.removeprefix("whsec_"), "whsec_"),
         ("whsec_not base64!", "base64"),
         ("whsec_abc", "base64"),
         ("whsec_", "empty"),

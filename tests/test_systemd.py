@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -38,9 +37,8 @@ import aiohttp
 import pytest
 
 from cartd.signing import Signer
-from helpers import ROOT, add_agents, scripted_receiver, wait_until
+from harness import ROOT, SECRET, add_agents, free_port, scripted_receiver, wait_until
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SYSTEMD = "/usr/lib/systemd/systemd"
 TOOLS = ("unshare", "nsenter", "setpriv", "mount", "umount", "pivot_root", "systemd-id128")
 BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -317,17 +315,11 @@ async def box(dsn: str) -> AsyncIterator[tuple[Box, str]]:
         await asyncio.to_thread(made.close)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _config(receiver_url: str) -> str:
     """The example config as the README's step 4 has the operator adapt it."""
     text = (ROOT / "systemd" / "cartd.yaml").read_text()
     for key, value in (("default_mode", "mock"), ("url", receiver_url),
-                       ("listen", f"127.0.0.1:{_free_port()}"), ("interval", "10s")):
+                       ("listen", f"127.0.0.1:{free_port()}"), ("interval", "10s")):
         text, found = re.subn(rf"^(\s+{key}:) \S+", rf"\1 {value}", text, count=1, flags=re.M)
         assert found, key
     return text
