@@ -11,9 +11,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import structlog
 
 from cartd.db import Store, problem
-from harness import SLUG, cartd_run, scripted_receiver
+from cartd.polling import Poller
+from harness import SLUG, cartd_run, config, scripted_receiver
 
 # The shop's own tables: other names and columns, no keys, JSON as text (and json, not
 # jsonb, in a view).
@@ -137,11 +139,15 @@ async def test_a_schema_cartd_made_for_the_role_serves_without_create_on_the_dat
     await shop(dsn, 1)
     await grant(dsn, f"GRANT SELECT ON {VIEWS} TO {role}; CREATE SCHEMA cartd AUTHORIZATION {role}")
     store = await Store.connect(as_role(dsn, role), 1, 2)
+    cfg = config()
     try:
         assert "001_init.sql" in await store.maintenance.migrate()
-        await store.agents.register(SLUG)
+        with structlog.testing.capture_logs() as logs:  # no cartd_mock: mock state not kept
+            summary, _ = await Poller(store, lambda: cfg, instance_id="p").run_cycle()
     finally:
         await store.close()
+    assert summary.integrations_processed == 1 and summary.carts_new > 0
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["mock_state_not_kept"]
 
 
 async def test_database_errors_are_told_apart_with_the_servers_message(store, dsn):
