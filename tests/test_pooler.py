@@ -60,7 +60,8 @@ async def test_migrate_seed_and_several_cycles_with_deliveries_through_pgbouncer
                 await add_agents(direct, 2)
             await wait_until(lambda: _cycles_with_deliveries(direct, 4), timeout=20)
             await wait_until(lambda: all_delivered(direct), timeout=20)
-            status = await daemon.status()
+            # the fourth cycle's deliveries can be out before that cycle has ended
+            status = await daemon.wait_status(lambda s: s["cycles"] >= 4)
             code, listed = await daemon.actl("deliveries", "--status", "delivered")
             errors = metric(await daemon.scrape(), 'cartd_poll_cycles_total{outcome="error"}')
             assert await daemon.terminate() == 0
