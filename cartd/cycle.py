@@ -24,7 +24,7 @@ from cartd.db import AgentWork, NewDelivery, SourcePoll, SourceState, Store
 from cartd.model import Cart, iso
 from cartd.rules import AgentCard, Rules, agent_card, agent_rules
 from cartd.services import cancel
-from cartd.sources import Fetched, Integration, IntegrationError, fetch, mock_stores
+from cartd.sources import Integration, IntegrationError, Read, fetch, mock_stores
 
 log = structlog.get_logger("cartd.cycle")
 
@@ -112,7 +112,7 @@ class Job:
     integration: Integration
     state: SourceState
     opened_at: datetime | None = None  # a mock store's (cartd.sources.mock_stores)
-    fetched: Fetched | None = None
+    fetched: Read | None = None
     through: datetime | None = None
     read_at: datetime | None = None
     resume: dict[str, Any] | None = None

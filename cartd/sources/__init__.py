@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from cartd.config import Config
-from cartd.model import Cart
 from cartd.sources import http, shopify_admin
 from cartd.sources.errors import IntegrationError
 from cartd.sources.http import Budget
 from cartd.sources.live import fetch_live
 from cartd.sources.mock import mock_carts
 from cartd.sources.mock_stores import FIRST_POLL_HISTORY
+from cartd.sources.read import Read
 
-__all__ = ["PLATFORMS", "Budget", "Fetched", "Integration", "IntegrationError", "close", "fetch"]
+__all__ = ["PLATFORMS", "Budget", "Integration", "IntegrationError", "Read", "close", "fetch"]
 
 PLATFORMS = ("shopify", "woocommerce", "custom")
 READ_SHARE = 0.5  # of the polling interval, the time one live read may take per cycle
@@ -57,25 +56,11 @@ class Integration:
         return cls(ident, platform, mode, raw)
 
 
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """An integration's carts, one per cart id, and how far its store was read (see
-    `Read`): the cursor may move up to `through` (None: it stays), less what was not yet
-    idle at `read_at`; `resume` is kept with it for a read that stopped inside a window."""
-
-    carts: list[Cart]
-    malformed: Counter[str]  # records skipped, by reason
-    through: datetime | None
-    read_at: datetime
-    resume: dict[str, Any] | None = None
-    stopped: str | None = None
-
-
 async def fetch(
     integration: Integration, *, config: Config, since: datetime | None,
     opened_at: datetime | None, now: datetime, resume: Any = None,
     budget: Budget | None = None,
-) -> Fetched:
+) -> Read:
     """The integration's carts updated after `since`, read within `budget` (by default
     READ_SHARE of the polling interval and MAX_REQUESTS requests).
 
@@ -87,11 +72,9 @@ async def fetch(
         carts, malformed = mock_carts(
             integration.platform, str(integration.id), opened_at or now - FIRST_POLL_HISTORY,
             since, now, config.platforms.mock)
-        return Fetched(carts, malformed, now, now)
+        return Read(carts, malformed, now, now)
     start = since or now - timedelta(seconds=config.carts.max_age)
-    read = await fetch_live(
+    return await fetch_live(
         integration.platform, integration.config, config, start, incremental=since is not None,
         now=now, resume=resume,
         budget=budget or Budget(config.polling.interval * READ_SHARE))
-    return Fetched(read.carts, read.malformed, read.through, read.read_at, read.resume,
-                   read.stopped)
