@@ -131,9 +131,9 @@ def money(value: Any, what: str, currency: str) -> Decimal:
     return price
 
 
-def timestamp(value: Any, what: str, *, naive_is_utc: bool = True) -> datetime:
-    """An aware UTC datetime from 1970 to 9998 from an ISO 8601 string (WooCommerce's GMT
-    dates have no `Z`)."""
+def timestamp(value: Any, what: str) -> datetime:
+    """An aware UTC datetime from 1970 to 9998 from an ISO 8601 string; one without an
+    offset is UTC (WooCommerce's GMT dates have no `Z`)."""
     if not isinstance(value, str) or not value:
         raise MalformedRecord(f"{what} is missing")
     try:
@@ -143,8 +143,6 @@ def timestamp(value: Any, what: str, *, naive_is_utc: bool = True) -> datetime:
     except ValueError:
         raise MalformedRecord(f"{what} is not an ISO 8601 time") from None
     if parsed.tzinfo is None:
-        if not naive_is_utc:
-            raise MalformedRecord(f"{what} has no time zone")
         parsed = datetime.combine(parsed, parsed.time(), UTC)  # 4x faster than replace()
     else:
         try:
@@ -211,10 +209,6 @@ class Cart:
             raise MalformedRecord("amounts are too large to be written exactly")
         # The platform's stated total when it gives one, else the sum of line totals.
         self.total_value = lines if stated is None else stated
-
-    @staticmethod
-    def line_total(item: Item) -> Decimal:
-        return item.unit_price * item.quantity
 
     @property
     def item_count(self) -> int:
