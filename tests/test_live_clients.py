@@ -155,7 +155,8 @@ async def test_shopify_graphql_follows_the_cursor_with_the_documented_query(mock
     assert second["variables"]["after"] == "c1"
     assert calls.seen[0]["headers"]["X-Shopify-Access-Token"] == TOKEN
     cart = carts[0]
-    assert cart.total_value == Decimal("398.00") and cart.line_total(cart.items[0]) == Decimal("398.00")
+    line = cart.items[0]
+    assert cart.total_value == Decimal("398.00") and line.unit_price * line.quantity == Decimal("398.00")
     assert cart.customer.accepts_marketing and cart.items[0].title == "Boot - 42"
     assert carts[2].completed_at is not None
 
@@ -269,7 +270,7 @@ async def test_shopify_rest_follows_link_next_exactly(mocked):
     assert calls.seen[1]["url"] == following and calls.seen[1]["params"] is None
     cart = carts[0]
     assert cart.currency == "EUR" and cart.total_value == Decimal("29.35")
-    assert cart.line_total(cart.items[0]) == Decimal("29.85")
+    assert cart.items[0].unit_price * cart.items[0].quantity == Decimal("29.85")
     assert not cart.customer.accepts_marketing
 
 
@@ -329,6 +330,16 @@ async def test_woocommerce_pages_by_modification_from_the_newest_change_read(moc
     assert carts[3].completed_at is not None and carts[3].order_id == "4"
 
 
+async def test_a_read_past_its_time_stops_after_its_first_page_and_says_so(mocked):
+    pages = {"X-WP-TotalPages": "3"}
+    calls = Calls(*[CallbackResult(payload=[woo_order(n)], headers=pages) for n in (1, 2, 3)])
+    mocked.get(WOO, callback=calls, repeat=True)
+    read = await fetch_live("woocommerce", WOOCOMMERCE, config(), SINCE, incremental=False,
+                            now=NOW, budget=http.Budget(0))
+    assert [c.cart_id for c in read.carts] == ["1"] and len(calls.seen) == 1
+    assert read.stopped == "the cycle's time budget is spent"
+
+
 async def test_woocommerce_statuses_come_from_the_integration_then_the_platform(mocked):
     calls = Calls(CallbackResult(payload=[]), CallbackResult(payload=[]))
     mocked.get(WOO, callback=calls, repeat=True)
@@ -372,8 +383,54 @@ async def test_custom_follows_next_with_its_headers(mocked):
 
 async def test_custom_next_pointing_back_is_refused(mocked):
     mocked.get(CUSTOM, payload={"carts": [], "next": CUSTOM})
-    with pytest.raises(IntegrationError, match="next must be a new absolute URL"):
+    with pytest.raises(IntegrationError, match="next is a page already read"):
         await fetch("custom", CUSTOM_CONFIG)
+
+
+@pytest.mark.parametrize("following", [
+    "https://collector.example.net/steal", "https://carts.example.com:8443/api/carts?p=2",
+    "/api/carts?p=2", 42, "https://[::1/x"])
+async def test_a_custom_next_page_off_the_stores_origin_gets_no_credentials(mocked, following):
+    mocked.get(CUSTOM, payload={"carts": [custom_cart(1)], "next": following})
+    stolen = Calls()
+    mocked.get(re.compile(r"^https://(collector|carts\.example\.com:8443).*"), callback=stolen)
+    with pytest.raises(IntegrationError, match="next page is (on|not an absolute URL)"):
+        await fetch("custom", CUSTOM_CONFIG)
+    assert stolen.seen == []
+
+
+async def test_a_shopify_rest_link_to_another_host_gets_no_token(mocked):
+    mocked.get(REST, payload={"checkouts": [rest_checkout(1)]},
+               headers={"Link": '<https://collector.example.net/x?page_info=a>; rel="next"'})
+    stolen = Calls()
+    mocked.get(re.compile(r"^https://collector\.example\.net/.*"), callback=stolen)
+    with pytest.raises(IntegrationError, match="next page is on https://collector.example.net, "
+                                               "not on https://acme.myshopify.com"):
+        await fetch("shopify", {**SHOPIFY, "api": "rest"})
+    assert stolen.seen == []
+
+
+async def test_a_store_paging_without_records_fails_within_twice_its_requests(mocked):
+    calls = Calls(*[CallbackResult(payload=gql_page([], f"c{n}")) for n in range(1000)])
+    mocked.post(GRAPHQL, callback=calls, repeat=True)
+    with pytest.raises(IntegrationError, match="no record read completely"):
+        await fetch("shopify", SHOPIFY)
+    assert len(calls.seen) == 2 * http.MAX_REQUESTS
+
+
+async def test_a_checkout_whose_lines_never_end_stops_past_the_line_limit(mocked):
+    checkout = gql_node(1)
+    checkout["lineItems"]["pageInfo"] = {"hasNextPage": True, "endCursor": "l0"}
+    line = checkout["lineItems"]["nodes"][0]
+    lines = [CallbackResult(payload={"data": {"node": {"lineItems": {
+        "nodes": [line] * 249, "pageInfo": {"hasNextPage": True, "endCursor": f"l{n}"}}}}})
+        for n in range(1, 100)]
+    calls = Calls(CallbackResult(payload=gql_page([checkout, gql_node(2)], None)), *lines)
+    mocked.post(GRAPHQL, callback=calls, repeat=True)
+    carts, malformed = await fetch("shopify", SHOPIFY)
+    assert [c.cart_id for c in carts] == ["2"]
+    assert malformed == {"cart has more than 1000 lines": 1}
+    assert len(calls.seen) == 1 + 5  # 1 + 5 × 249 lines > 1,000
 
 
 # --- errors shared by every client ----------------------------------------------
@@ -459,7 +516,7 @@ async def test_plain_http_is_refused_except_to_loopback(platform, settings):
 
 async def test_a_next_link_to_plain_http_is_refused(mocked):
     mocked.get(CUSTOM, payload={"carts": [], "next": "http://carts.example.com/page2"})
-    with pytest.raises(IntegrationError, match="plain http is refused for carts.example.com"):
+    with pytest.raises(IntegrationError, match="next page is on http://carts.example.com"):
         await fetch("custom", CUSTOM_CONFIG)
 
 

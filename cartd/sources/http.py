@@ -29,6 +29,7 @@ TIMEOUT_SECONDS = 30.0  # per request, connection to last byte
 MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_REQUESTS = 200  # per integration per cycle
 MAX_WAIT_SECONDS = 30.0  # the longest rate-limit wait honoured; longer is an error
+STALL_SECONDS = 2 * MAX_WAIT_SECONDS + TIMEOUT_SECONDS  # past its deadline, a read with no progress
 MAX_RETRIES = 4  # rate-limited retries of one request
 DEFAULT_RETRY_AFTER = 2.0
 
@@ -65,18 +66,29 @@ class Budget:
 
     Until the read has made progress (`progressed`: a record read completely), the budget
     does not stop it, so that every cycle gets at least one record further whatever the
-    store's rate limit; each wait stays bounded by MAX_WAIT_SECONDS.
+    store's rate limit; each wait stays bounded by MAX_WAIT_SECONDS. A read that makes no
+    progress within twice its requests, or STALL_SECONDS past its deadline, fails: the
+    store's pages are empty, endless or too slow.
     """
 
     def __init__(self, seconds: float, requests: int = MAX_REQUESTS) -> None:
         self.deadline = time.monotonic() + seconds
         self.requests = requests
+        self.stall_requests = -requests
         self.progressed = False
 
     def spend_request(self) -> None:
-        """Count one request; OutOfBudget when none is left."""
-        if self.requests <= 0 and self.progressed:
+        """Count one request; OutOfBudget when the requests or the time are spent."""
+        late = time.monotonic() > self.deadline
+        if self.progressed and self.requests <= 0:
             raise OutOfBudget("the cycle's request budget is spent")
+        if self.progressed and late:
+            raise OutOfBudget("the cycle's time budget is spent")
+        stalled = time.monotonic() > self.deadline + STALL_SECONDS
+        if not self.progressed and (self.requests <= self.stall_requests or stalled):
+            raise IntegrationError(
+                "no record read completely within the cycle's budget: the store's pages "
+                "are empty, endless or too slow")
         self.requests -= 1
 
     def check_wait(self, seconds: float, why: str) -> None:
@@ -122,11 +134,16 @@ async def close() -> None:
 
 def check_url(url: str) -> str:
     """`url` when it is https, or http to a loopback host; else IntegrationError."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise IntegrationError(f"not an http(s) URL: {scrub(url, ())}")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise IntegrationError(f"plain http is refused for {parts.hostname}: use https")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise IntegrationError("not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        shown = f"{parts.scheme[:10] or 'no scheme'}, {'host ' + host[:80] if host else 'no host'}"
+        raise IntegrationError(f"not an http(s) URL ({shown})")
+    if parts.scheme == "http" and not is_loopback(host):
+        raise IntegrationError(f"plain http is refused for {host}: use https")
     return url
 
 

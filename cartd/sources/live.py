@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from cartd.config import Config
 from cartd.sources.custom import normalise
 from cartd.sources.errors import IntegrationError
 from cartd.sources.http import MAX_REQUESTS, Budget, check_url, request
-from cartd.sources.read import Batch, Read, option
+from cartd.sources.read import Batch, Read, next_page, option
 from cartd.sources.shopify_admin import Admin
 from cartd.sources.shopify_live import read_graphql, read_rest
 from cartd.sources.woocommerce_live import read_woocommerce
@@ -33,7 +32,7 @@ async def fetch_live(platform: str, settings: dict[str, Any], config: Config, si
         return await reader(Admin(settings, config), since, resume, now, budget)
     if platform == "woocommerce":
         return await read_woocommerce(settings, config, since, incremental, now, budget)
-    return await _custom(settings, now)
+    return await _custom(settings, now, budget)
 
 
 # --- custom -----------------------------------------------------------------
@@ -48,23 +47,24 @@ def _custom_headers(settings: dict[str, Any]) -> dict[str, str]:
     return headers
 
 
-async def _custom(settings: dict[str, Any], now: datetime) -> Read:
-    """Every page of the endpoint's carts (it has no cursor: a read is whole or fails)."""
+async def _custom(settings: dict[str, Any], now: datetime, budget: Budget) -> Read:
+    """Every page of the endpoint's carts (it has no cursor: a read is whole or fails, and
+    fails when it passes what `budget` allows a read with no progress)."""
     url = check_url(option(settings, "url"))
     headers = _custom_headers(settings)
     secrets = _header_secrets(tuple(headers.values()))
     batch = Batch(normalise)
     seen = {url}
     for _ in range(MAX_REQUESTS):
-        reply = await request("GET", url, secrets=secrets, headers=headers)
+        reply = await request("GET", url, secrets=secrets, headers=headers, budget=budget)
         body = reply.body if isinstance(reply.body, dict) else {}
         batch.add(body.get("carts"), "carts")
         following = body.get("next")
         if following is None:
             return Read(batch.carts, batch.malformed, now, now)
-        if not isinstance(following, str) or following in seen or not urlsplit(following).hostname:
-            raise IntegrationError("malformed response: next must be a new absolute URL or null")
-        url = following
+        url = next_page(following, url)
+        if url in seen:
+            raise IntegrationError("malformed response: next is a page already read")
         seen.add(url)
     raise IntegrationError(f"more than {MAX_REQUESTS} pages of carts")
 

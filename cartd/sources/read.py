@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from cartd.model import Cart
 from cartd.sources.errors import IntegrationError
@@ -68,6 +69,27 @@ def option(settings: dict[str, Any], key: str, default: str | None = None) -> st
 def base_url(settings: dict[str, Any]) -> str:
     """`config.base_url` without its trailing slash, once it passed the URL rules."""
     return check_url(option(settings, "base_url").rstrip("/"))
+
+
+def next_page(url: Any, first: str) -> str:
+    """A next-page URL a store gave, if it is an absolute URL on the origin (scheme, host,
+    port) of the `first` one: the store's credentials go with it, to nowhere else."""
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        origin = parts and (parts.scheme, parts.hostname, parts.port)
+    except ValueError:
+        origin = None
+    if not origin or not origin[1]:
+        raise IntegrationError("malformed response: the next page is not an absolute URL")
+    start = urlsplit(first)
+    if origin != (start.scheme, start.hostname, start.port):
+        raise IntegrationError(f"malformed response: the next page is on {_origin(*origin)}, "
+                               f"not on {_origin(start.scheme, start.hostname, start.port)}")
+    return url
+
+
+def _origin(scheme: str, host: str | None, port: int | None) -> str:
+    return f"{scheme[:10]}://{str(host)[:80]}{'' if port is None else f':{port}'}"
 
 
 def status_list(settings: dict[str, Any], key: str, default: tuple[str, ...]) -> list[str]:

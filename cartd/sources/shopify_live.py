@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cartd.model import MalformedRecord, iso, timestamp
+from cartd.model import MAX_LINES, MalformedRecord, iso, timestamp
 from cartd.sources.errors import IntegrationError
 from cartd.sources.http import Budget, OutOfBudget, scrub
-from cartd.sources.read import Batch, Read
+from cartd.sources.read import Batch, Read, next_page
 from cartd.sources.shopify import normalise_graphql, normalise_rest
 from cartd.sources.shopify_admin import Admin, error_extensions
 
@@ -202,14 +202,15 @@ def _next(page: Any) -> str | None:
 
 
 async def _complete(admin: Admin, node: Any, budget: Budget) -> bool:
-    """Add to a checkout the lines past its first INLINE_LINES; False when the checkout
-    went away meanwhile (it is not read half)."""
+    """Add to a checkout the lines past its first INLINE_LINES (past MAX_LINES the
+    normaliser refuses it: no more is read); False when the checkout went away meanwhile
+    (it is not read half)."""
     lines = node.get("lineItems") if isinstance(node, dict) else None
     if not isinstance(lines, dict) or not isinstance(lines.get("nodes"), list):
         return True  # the normaliser counts it as malformed
     after = _next(lines.get("pageInfo"))
     gathered = list(lines["nodes"])
-    while after is not None:
+    while after is not None and len(gathered) <= MAX_LINES:
         variables = {"id": node.get("id"), "first": LINES_PAGE, "after": after}
         body = await admin.graphql(LINES_QUERY, variables, lines_cost(LINES_PAGE), budget)
         data = body.get("data")
@@ -271,7 +272,7 @@ async def read_rest(admin: Admin, since: datetime, resume: Any, now: datetime,
             following = _next_link(reply.headers.get("Link"))
             if following is None:
                 return window.result(batch, None)
-            url, params = following, None  # the next URL carries its own query
+            url, params = next_page(following, url), None  # it carries its own query
             pause = _bucket_wait(reply.headers.get("X-Shopify-Shop-Api-Call-Limit"))
             if pause:
                 budget.check_wait(pause, f"pacing requests to {admin.host}")
