@@ -12,7 +12,7 @@ from harness import ROOT, new_secret
 SHIPPED = ROOT / "cartd.yaml"
 SECRET = new_secret()
 
-# SPEC section 5, durations in seconds.
+# The documented defaults (README "Configuration", cartd.yaml), durations in seconds.
 SPEC_DEFAULTS: dict[str, Any] = {
     "state_dir": "./var",
     "database": {

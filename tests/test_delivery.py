@@ -163,7 +163,7 @@ def test_the_retry_schedule_and_dead_lettering():
         assert status == "pending"
         assert base * 0.8 <= (at - clock.now).total_seconds() <= base * 1.2
     assert decide(failure, len(schedule), cfg, clock.now, rng) == ("dead", None)
-    assert list(cfg.webhook.retry_schedule) == schedule  # SPEC §2, about 75 h in all
+    assert list(cfg.webhook.retry_schedule) == schedule  # README "Delivery guarantees", about 75 h in all
 
 
 def test_retry_after_forms():

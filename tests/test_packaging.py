@@ -1,5 +1,6 @@
 """The non-Python deliverables: the systemd unit, its example config, the Prometheus alert
-rules and the Grafana dashboard (SPEC §7 and §8).
+rules and the Grafana dashboard (README "Running as a systemd service", "Metrics and
+alerts").
 
 External tools are used when installed and the tests that need them are skipped otherwise:
 `systemd-analyze` and `systemd-sysusers` (Debian package `systemd`), `promtool` (Debian
@@ -27,31 +28,8 @@ EXAMPLE_CONFIG = ROOT / "systemd" / "cartd.yaml"
 ALERTS = ROOT / "monitoring" / "alerts.yml"
 ALERTS_TEST = ROOT / "monitoring" / "alerts_test.yml"
 DASHBOARD = ROOT / "monitoring" / "grafana-dashboard.json"
-SPEC = ROOT.parent / "shared" / "SPEC.md"  # present in the development tree, not in CI
-
-# SPEC §8, used when SPEC.md is not next to the repository (a clean clone).
-SPEC_METRICS = {
-    "cartd_build_info": "gauge",
-    "cartd_polling_enabled": "gauge",
-    "cartd_poll_cycles_total": "counter",
-    "cartd_poll_cycle_duration_seconds": "histogram",
-    "cartd_poll_last_success_timestamp_seconds": "gauge",
-    "cartd_agents_found": "gauge",
-    "cartd_integration_polls_total": "counter",
-    "cartd_carts_detected_total": "counter",
-    "cartd_carts_value_total": "counter",
-    "cartd_carts_recovered_total": "counter",
-    "cartd_webhook_attempts_total": "counter",
-    "cartd_webhook_attempt_duration_seconds": "histogram",
-    "cartd_deliveries_total": "counter",
-    "cartd_deliveries_pending": "gauge",
-    "cartd_deliveries_dead": "gauge",
-    "cartd_breaker_open": "gauge",
-    "cartd_integrations_failing": "gauge",
-    "cartd_integration_poll_age_seconds": "gauge",
-    "cartd_config_reloads_total": "counter",
-    "cartd_config_last_reload_success_timestamp_seconds": "gauge",
-}
+README = ROOT / "README.md"
+CONTRACT = ROOT.parent / "shared" / "SPEC.md"  # next to the repository in the development tree only
 
 ALERT_NAMES = {
     "CartdDown",
@@ -66,20 +44,22 @@ ALERT_NAMES = {
 MAX_EXPOSURE = 2.5  # `systemd-analyze security` overall exposure, 0 (best) to 10
 
 
-def _spec_metrics() -> dict[str, str]:
-    """Metric name -> type from the table of SPEC §8 (or the copy above)."""
-    if not SPEC.is_file():
-        return SPEC_METRICS
-    text = SPEC.read_text()
-    section = re.search(r"^## 8\..*?$(.*?)(?=^## )", text, re.S | re.M)
-    assert section, "SPEC.md has no section 8"
+def _metrics_table(text: str, heading: str) -> dict[str, str]:
+    """Metric name -> type from the first table after `heading` in a Markdown text."""
+    section = re.search(rf"^{heading}$(.*?)(?=^#+ )", text, re.S | re.M)
+    assert section, f"no {heading!r} section"
     rows = re.findall(r"^\|\s*`(cartd_[a-z0-9_]+)`\s*\|\s*([a-z]+)", section.group(1), re.M)
     return dict(rows)
 
 
+def _documented_metrics() -> dict[str, str]:
+    """The metrics of README "Metrics and alerts"."""
+    return _metrics_table(README.read_text(), "## Metrics and alerts")
+
+
 def _metric_names(text: str) -> set[str]:
     """The cartd_ metrics a PromQL text refers to, histogram series mapped to their name."""
-    histograms = {n for n, kind in _spec_metrics().items() if kind == "histogram"}
+    histograms = {n for n, kind in _documented_metrics().items() if kind == "histogram"}
     names = set()
     for name in re.findall(r"\bcartd_[a-z0-9_]+", text):
         base = re.sub(r"_(bucket|sum|count)$", "", name)
@@ -249,21 +229,22 @@ def test_example_config_loads_with_its_credentials(tmp_path: Path) -> None:
 # -- Prometheus ------------------------------------------------------------------------
 
 
-def test_spec_metric_list_is_current() -> None:
-    if not SPEC.is_file():
-        pytest.skip(f"{SPEC} is not present (clean clone): using the copy in this file")
-    assert _spec_metrics() == SPEC_METRICS
+def test_the_readme_lists_the_contracts_metrics() -> None:
+    if not CONTRACT.is_file():
+        pytest.skip("the contract is not next to the repository (a clean clone)")
+    assert _documented_metrics() == _metrics_table(CONTRACT.read_text(), r"## 8\..*?")
+    assert len(_documented_metrics()) == 20
 
 
-def test_alert_rules_cover_the_alerts_and_use_spec_metrics() -> None:
+def test_alert_rules_cover_the_alerts_and_use_documented_metrics() -> None:
     rules = [rule for group in yaml.safe_load(ALERTS.read_text())["groups"]
              for rule in group["rules"]]
     assert {rule["alert"] for rule in rules} == ALERT_NAMES
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
-        unknown = _metric_names(rule["expr"]) - set(_spec_metrics())
-        assert not unknown, f"{rule['alert']}: not in SPEC §8: {sorted(unknown)}"
+        unknown = _metric_names(rule["expr"]) - set(_documented_metrics())
+        assert not unknown, f"{rule['alert']}: not in the README: {sorted(unknown)}"
 
 
 def test_promtool_check_rules() -> None:
@@ -291,7 +272,7 @@ def _panels(dashboard: dict) -> list[dict]:
     return panels
 
 
-def test_dashboard_is_valid_and_uses_spec_metrics() -> None:
+def test_dashboard_is_valid_and_uses_documented_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     assert dashboard["schemaVersion"] >= 36
     assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
@@ -308,7 +289,7 @@ def test_dashboard_is_valid_and_uses_spec_metrics() -> None:
             assert target["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
             exprs.append(target["expr"])
     used = _metric_names("\n".join(exprs))
-    unknown = used - set(_spec_metrics())
-    assert not unknown, f"not in SPEC §8: {sorted(unknown)}"
+    unknown = used - set(_documented_metrics())
+    assert not unknown, f"not in the README: {sorted(unknown)}"
     # Everything but the build info is graphed.
-    assert set(_spec_metrics()) - used <= {"cartd_build_info"}
+    assert set(_documented_metrics()) - used <= {"cartd_build_info"}

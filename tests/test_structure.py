@@ -128,9 +128,17 @@ def test_every_sql_file_is_loaded_by_a_module():
     assert {f for f in files if not any(f.endswith(name) for name in loaded)} == set()
 
 
+def _project_texts() -> list[Path]:
+    root = PACKAGE.parent
+    kinds = ("*.py", "*.sql", "*.md", "*.yml", "*.yaml", "*.json", "*.service", "*.toml")
+    return [path for folder in ("cartd", "tests", "docs", "monitoring", "systemd", "benchmarks")
+            for kind in kinds for path in (root / folder).rglob(kind)
+            if "fixtures" not in path.parts] + [root / "README.md", root / "cartd.yaml"]
+
+
 def test_comments_point_to_the_projects_own_docs():
     pointing = [f"{path.relative_to(PACKAGE.parent)}:{number}"
-                for path in [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.sql")]
+                for path in _project_texts()
                 for number, line in enumerate(path.read_text().splitlines(), 1)
-                if "SPEC §" in line or "SPEC.md" in line]
+                if re.search(r"SPEC(\.md)? ?(§|section)", line)]
     assert pointing == []
