@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,11 @@ class EmbeddedUnavailable(RuntimeError):
 def start(state_dir: str) -> tuple[str, Any]:
     """Start (or join) the embedded server under `state_dir`; returns its DSN and handle."""
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # Without XDG_RUNTIME_DIR (root shells, containers) platformdirs warns on stderr
+            # at import and pgserver keeps its lock under /tmp, which serves.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            import pgserver
     except ImportError:
         raise EmbeddedUnavailable(
             "database.dsn is empty and the embedded PostgreSQL is not installed:"
