@@ -14,7 +14,7 @@ import asyncpg
 
 from cartd import __version__, embedded, logs
 from cartd.config import Config, ConfigError, load, resolve_path
-from cartd.control import SocketInUse
+from cartd.control import CannotListen
 from cartd.db import DB_ERRORS, Store, problem
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
@@ -134,8 +134,8 @@ def _host_port(text: str) -> str:
 
 
 def _load(args: argparse.Namespace, *, secrets: bool = True) -> tuple[Config, Path]:
-    path = resolve_path(args.config)
-    return load(path, missing_ok=args.config is None, secrets=secrets), path
+    path, missing_ok = resolve_path(args.config)
+    return load(path, missing_ok=missing_ok, secrets=secrets), path
 
 
 async def _with_store(config: Config, work: Callable[[Store], Awaitable[Any]]) -> Any:
@@ -183,10 +183,11 @@ def _cmd_seed_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from cartd.daemon import Daemon, tune_gc
 
-    config, path = _load(args)
+    path, missing_ok = resolve_path(args.config)
+    config = load(path, missing_ok=missing_ok)
     logs.configure(config.logging.level, config.logging.format)
     tune_gc()
-    asyncio.run(Daemon(config, path, config_missing_ok=args.config is None).run())
+    asyncio.run(Daemon(config, path, config_missing_ok=missing_ok).run())
     return EXIT_OK
 
 
@@ -203,6 +204,8 @@ def _cmd_ctl(args: argparse.Namespace) -> int:
         return EXIT_RUNTIME
     ctl_text.show(args.action, data, ok=status < 400,
                   as_json=args.json or not sys.stdout.isatty())
+    if status == 400:  # the daemon refused the request as invalid: bad usage
+        return EXIT_USAGE
     return EXIT_OK if status < 400 else EXIT_RUNTIME
 
 
@@ -231,7 +234,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from cartd.daemon import tune_gc
     from cartd.demo import run_demo
 
-    config, _ = _load(args)
+    config, _ = _load(args, secrets=False)  # its own database and webhook secret
     logs.configure("warning", "console")
     tune_gc()
     try:
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cartd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (embedded.EmbeddedUnavailable, SocketInUse, DatabaseFailed) as exc:
+    except (embedded.EmbeddedUnavailable, CannotListen, DatabaseFailed) as exc:
         print(f"cartd: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import urllib.parse
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -23,6 +26,7 @@ DEFAULT_PATHS = (Path("/etc/cartd/cartd.yaml"), Path("cartd.yaml"))
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+MAX_DURATION_SECONDS = 36500 * 86400.0  # 100 years: dates that far back still exist
 
 
 class ConfigError(Exception):
@@ -31,22 +35,26 @@ class ConfigError(Exception):
 
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string such as `500ms`, `30s`, `5m`, `2h`, `7d`."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+    seconds = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    raise ValueError("must be a duration")
+            seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds is None or not math.isfinite(seconds):
+        raise ValueError("must be a duration")
+    return seconds
 
 
 def _duration(value: Any) -> float:
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError:
         raise ValueError("must be a duration such as 30s, 5m, 2h or 7d") from None
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError("must be a duration of at most 36500d")
+    return seconds
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
@@ -61,17 +69,99 @@ def _positive(value: float) -> float:
 PositiveDuration = Annotated[float, BeforeValidator(_duration), AfterValidator(_positive)]
 
 
+def _money(value: Any) -> Any:
+    """A number as a Decimal (a float by its shortest repr, so 9.99 is 9.99)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError("must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value if isinstance(value, Decimal) else Decimal(repr(value))
+
+
+Money = Annotated[Decimal, BeforeValidator(_money)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    """Strict: a value of the wrong type (`enabled: "yes"`, `concurrency: "32"`) is an
+    error, not converted. Durations take numbers and strings (`30s`), floats take ints, and
+    lists are read as the tuples the model holds (`Field(strict=False)`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_port(text: str) -> None:
+    if not _PORT.fullmatch(text) or not 1 <= int(text) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+
+
+def _check_dsn_hosts(hostlist: str) -> None:
+    """The hosts of a DSN, `host[:port]` or `[v6]:port`, comma-separated, as asyncpg reads
+    them: a port it cannot connect to is a config error, not a crash at connect."""
+    for spec in hostlist.split(","):
+        if not spec:
+            raise ValueError("names an empty host")
+        if spec.startswith("/"):
+            continue
+        if spec.startswith("["):
+            match = re.fullmatch(r"\[[^\]]+\](?::(.*))?", spec)
+            if not match:
+                raise ValueError("has an invalid [IPv6] host")
+            port = match.group(1) or ""
+        else:
+            port = spec.partition(":")[2]
+        if port:
+            _check_port(port)
+
+
+def _check_dsn(dsn: str) -> str:
+    """`database.dsn`: empty, or a `postgresql://` URL whose hosts and ports can be used.
+    The reasons never quote the DSN, which holds the password."""
+    if not dsn:
+        return dsn
+    try:
+        parsed = urllib.parse.urlparse(dsn)
+    except ValueError:  # an unclosed [
+        raise ValueError("has an invalid [IPv6] host") from None
+    if parsed.scheme not in ("postgresql", "postgres"):
+        raise ValueError('must be a postgresql:// URL, or "" for the embedded PostgreSQL')
+    hostspec = parsed.netloc.partition("@")[2] if "@" in parsed.netloc else parsed.netloc
+    if hostspec:
+        _check_dsn_hosts(hostspec)
+    if not parsed.query:
+        return dsn
+    try:
+        query = urllib.parse.parse_qs(parsed.query, strict_parsing=True)
+    except ValueError:
+        raise ValueError("has a malformed query string (?key=value&...)") from None
+    for port in query.get("port", [""])[-1].split(","):
+        if port:
+            _check_port(port)
+    if query.get("host", [""])[-1]:
+        _check_dsn_hosts(query["host"][-1])
+    if query.get("sslmode", ["prefer"])[-1] not in _SSLMODES:
+        raise ValueError(f"sslmode must be one of {', '.join(_SSLMODES)}")
+    return dsn
 
 
 class DatabaseConfig(Section):
-    dsn: str = ""
+    dsn: Annotated[str, AfterValidator(_check_dsn)] = Field("", repr=False)
     dsn_file: str = ""
     min_connections: int = Field(1, ge=0, le=1000)
     max_connections: int = Field(10, ge=1, le=1000)
     migrate: bool = True
     pooler: Literal["none", "transaction"] = "none"
+
+    @field_validator("max_connections")
+    @classmethod
+    def _at_least_min(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min_connections")
+        if low is not None and value < low:
+            raise ValueError(f"must be at least database.min_connections ({low})")
+        return value
 
 
 class PollingConfig(Section):
@@ -91,7 +181,7 @@ class PollingConfig(Section):
 class CartsConfig(Section):
     abandoned_after: Duration = 3600.0
     max_age: PositiveDuration = 7 * 86400.0
-    min_value: Decimal = Field(Decimal(0), ge=0)
+    min_value: Money = Field(Decimal(0), ge=0)
     require_contact: bool = True
     require_marketing_consent: bool = False
     send_recovered: bool = True
@@ -115,7 +205,7 @@ class ShopifyConfig(Section):
 
 
 class WooCommerceConfig(Section):
-    statuses: tuple[str, ...] = ("pending", "failed", "checkout-draft")
+    statuses: tuple[str, ...] = Field(("pending", "failed", "checkout-draft"), strict=False)
 
 
 class PlatformsConfig(Section):
@@ -129,16 +219,17 @@ class WebhookConfig(Section):
     url: str = "http://127.0.0.1:8787/webhook"
     secret: str = Field("", repr=False)
     secret_file: str = ""
-    extra_secrets: tuple[str, ...] = Field((), repr=False)
+    extra_secrets: tuple[str, ...] = Field((), repr=False, strict=False)
     timeout: PositiveDuration = 15.0
     concurrency: int = Field(32, ge=1, le=10000)
     max_carts_per_payload: int = Field(100, ge=1, le=10000)
-    retry_schedule: tuple[Duration, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+    retry_schedule: tuple[Duration, ...] = Field(
+        (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400), strict=False)
     retry_jitter: float = Field(0.2, ge=0, lt=1)
     breaker_failures: int = Field(10, ge=1)
     breaker_probe: PositiveDuration = 30.0
     headers: dict[str, str] = {}
-    allowed_override_hosts: tuple[str, ...] = ()
+    allowed_override_hosts: tuple[str, ...] = Field((), strict=False)
     max_delivery_age: PositiveDuration = 86400.0
 
     @field_validator("url")
@@ -200,8 +291,11 @@ class MetricsConfig(Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        if value and not re.fullmatch(r"\[?[^\s\]]*\]?:\d{1,5}", value):
-            raise ValueError('must be HOST:PORT or ""')
+        if not value:
+            return value
+        match = re.fullmatch(r"\[?[^\s\]]*\]?:(\d{1,5})", value)
+        if not match or int(match.group(1)) > 65535:
+            raise ValueError('must be HOST:PORT with a port from 0 to 65535, or ""')
         return value
 
 
@@ -283,6 +377,23 @@ def _read_secret_file(path: str, key: str) -> str:
     return value
 
 
+def _dsn(database: DatabaseConfig, env: dict[str, str]) -> str:
+    """The DSN: `CARTD_DATABASE_DSN`, else `database.dsn_file`'s, else `database.dsn`;
+    checked, and a bad one named as `database.dsn` with where it came from."""
+    dsn, source = database.dsn, None
+    if database.dsn_file:
+        source = "database.dsn_file"
+        dsn = _read_secret_file(database.dsn_file, source)
+    if "CARTD_DATABASE_DSN" in env:
+        dsn, source = env["CARTD_DATABASE_DSN"], "CARTD_DATABASE_DSN"
+    if source is None:
+        return dsn  # checked with the file
+    try:
+        return _check_dsn(dsn)
+    except ValueError as exc:
+        raise ConfigError(f"database.dsn (from {source}): {exc}") from None
+
+
 def build(raw: Any, env: dict[str, str] | None = None, *, secrets: bool = True) -> Config:
     """Validate a parsed YAML document, apply the environment and secret files.
 
@@ -300,10 +411,7 @@ def build(raw: Any, env: dict[str, str] | None = None, *, secrets: bool = True) 
     if not secrets:
         return config
     database, webhook = config.database, config.webhook
-    dsn = database.dsn
-    if database.dsn_file:
-        dsn = _read_secret_file(database.dsn_file, "database.dsn_file")
-    dsn = env.get("CARTD_DATABASE_DSN", dsn)
+    dsn = _dsn(database, env)
     secret, source = webhook.secret, "webhook.secret"
     if webhook.secret_file:
         source = "webhook.secret_file"
@@ -325,16 +433,19 @@ def build(raw: Any, env: dict[str, str] | None = None, *, secrets: bool = True) 
         raise ConfigError(_format_error(exc)) from None
 
 
-def resolve_path(explicit: str | None, env: dict[str, str] | None = None) -> Path:
+def resolve_path(explicit: str | None, env: dict[str, str] | None = None) -> tuple[Path, bool]:
+    """The config file: `--config`, else `$CARTD_CONFIG`, else `/etc/cartd/cartd.yaml` if it
+    exists, else `./cartd.yaml`; and whether it may be absent (all defaults), which only
+    that last one may: a file named by `--config` or `$CARTD_CONFIG` must exist."""
     env = os.environ if env is None else env
     if explicit:
-        return Path(explicit)
+        return Path(explicit), False
     if env.get("CARTD_CONFIG"):
-        return Path(env["CARTD_CONFIG"])
+        return Path(env["CARTD_CONFIG"]), False
     for candidate in DEFAULT_PATHS:
         if candidate.exists():
-            return candidate
-    return DEFAULT_PATHS[-1]
+            return candidate, False
+    return DEFAULT_PATHS[-1], True
 
 
 # The top-level `control:` block of a YAML file: its line and the indented, blank or

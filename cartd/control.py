@@ -22,8 +22,17 @@ from cartd.db.deliveries import STATUSES
 MAX_BODY = 64 * 1024
 
 
-class SocketInUse(RuntimeError):
-    pass
+class CannotListen(RuntimeError):
+    """The control socket or the metrics endpoint cannot listen; the message names the
+    key (`control.socket`, `metrics.listen`) and why."""
+
+    @classmethod
+    def of(cls, key: str, where: str, exc: OSError) -> CannotListen:
+        return cls(f"{key} {where}: {exc.strerror or exc}")
+
+
+class SocketInUse(CannotListen):
+    """Another cartd answers on the control socket."""
 
 
 class CycleFailed(Exception):
@@ -286,7 +295,7 @@ def claim_socket(path: Path) -> None:
         path.unlink(missing_ok=True)
         return
     except OSError as exc:
-        raise SocketInUse(f"control.socket {path}: {exc.strerror}") from None
+        raise CannotListen.of("control.socket", str(path), exc) from None
     finally:
         probe.close()
     raise SocketInUse(f"control.socket {path} is in use: another cartd is running")
@@ -296,13 +305,18 @@ def claim_socket(path: Path) -> None:
 async def serving(daemon: Controlled, path: Path, mode: str) -> AsyncIterator[None]:
     """The control API on the socket at `path`, born with `mode`, for the block; the
     socket is removed after it."""
-    claim_socket(path)
+    try:
+        claim_socket(path)
+    except OSError as exc:  # its folder cannot be made
+        raise CannotListen.of("control.socket", str(path), exc) from None
     runner = web.AppRunner(build_app(daemon), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await _listen(runner, path, int(mode, 8))
-    except BaseException:
+    except BaseException as exc:
         await runner.cleanup()
+        if isinstance(exc, OSError):
+            raise CannotListen.of("control.socket", str(path), exc) from None
         raise
     try:
         yield

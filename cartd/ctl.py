@@ -89,8 +89,10 @@ def run(args: argparse.Namespace) -> tuple[int, Any]:
     rest of the file is broken)."""
     method, path, params = request(args)
     json_body = body(args)
-    socket_path = args.socket or control_socket(resolve_path(args.config),
-                                                missing_ok=args.config is None)
+    socket_path = args.socket
+    if not socket_path:
+        config_path, missing_ok = resolve_path(args.config)
+        socket_path = control_socket(config_path, missing_ok=missing_ok)
     try:
         return asyncio.run(call(socket_path, method, path, params, json_body))
     except (aiohttp.ClientError, OSError) as exc:

@@ -106,12 +106,18 @@ class Daemon:
                 await stack.enter_async_context(
                     control.serving(self, socket_path, config.control.socket_mode))
                 if config.metrics.listen:
-                    await stack.enter_async_context(self.metrics.serving(config.metrics.listen))
+                    await self._serve_metrics(stack, config.metrics.listen)
                 log.info("started", instance_id=self.instance_id, version=__version__,
                          interval_seconds=config.polling.interval,
                          polling=config.polling.enabled, control_socket=str(socket_path))
                 notify.notify("READY=1", "STATUS=started, waiting for the first cycle")
                 await self._serve(services)
+
+    async def _serve_metrics(self, stack: contextlib.AsyncExitStack, listen: str) -> None:
+        try:
+            await stack.enter_async_context(self.metrics.serving(listen))
+        except OSError as exc:  # a host that does not resolve, a port in use
+            raise control.CannotListen.of("metrics.listen", listen, exc) from None
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:

@@ -104,8 +104,9 @@ async def run_demo(config: Config, *, agents: int, cycles: int | None, interval:
     with tempfile.TemporaryDirectory(prefix="cartd-demo-") as tmp:
         state = state_dir or tmp
         Path(state).mkdir(parents=True, exist_ok=True)
-        config = config.model_copy(update={
+        config = config.model_copy(update={  # always its own, embedded database
             "state_dir": state,
+            "database": config.database.model_copy(update={"dsn": "", "pooler": "none"}),
             "polling": config.polling.model_copy(update={"interval": interval, "enabled": True}),
             "webhook": config.webhook.model_copy(update={
                 "url": f"http://127.0.0.1:{port}/webhook", "secret": secret, "extra_secrets": ()}),

@@ -6,7 +6,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from cartd.config import Config, ConfigError, build, control_socket, load, parse_duration
+from cartd.config import (Config, ConfigError, build, control_socket, load, parse_duration,
+                          resolve_path)
 from harness import ROOT, new_secret
 
 SHIPPED = ROOT / "cartd.yaml"
@@ -131,7 +132,8 @@ def test_parse_duration(value: Any, seconds: float) -> None:
     assert parse_duration(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["abc", "5 minutes", "-5s", "5w", "", True, None, [5]])
+@pytest.mark.parametrize("value", ["abc", "5 minutes", "-5s", "5w", "", True, None, [5],
+                                   float("nan"), float("inf")])
 def test_parse_duration_rejects(value: Any) -> None:
     with pytest.raises(ValueError):
         parse_duration(value)
@@ -181,6 +183,18 @@ def test_unknown_key(raw: dict[str, Any], expected: str) -> None:
         ({"logging": {"level": "loud"}}, "logging.level", "'info'"),
         ({"control": {"socket_mode": "999"}}, "control.socket_mode", "octal"),
         ({"metrics": {"listen": "9464"}}, "metrics.listen", "HOST:PORT"),
+        # quoted in YAML: a string, not what the key takes
+        ({"polling": {"enabled": "yes"}}, "polling.enabled", "bool"),
+        ({"webhook": {"concurrency": "32"}}, "webhook.concurrency", "integer"),
+        ({"webhook": {"concurrency": 32.5}}, "webhook.concurrency", "integer"),
+        ({"database": {"max_connections": True}}, "database.max_connections", "integer"),
+        ({"platforms": {"mock": {"recovery_rate": "0.5"}}}, "platforms.mock.recovery_rate",
+         "number"),
+        ({"carts": {"min_value": "5"}}, "carts.min_value", "must be a number"),
+        ({"carts": {"min_value": True}}, "carts.min_value", "must be a number"),
+        ({"state_dir": 5}, "state_dir", "string"),
+        ({"platforms": {"woocommerce": {"statuses": ["pending", 3]}}},
+         "platforms.woocommerce.statuses.1", "string"),
     ],
 )
 def test_wrong_type(raw: dict[str, Any], key: str, words: str) -> None:
@@ -203,12 +217,79 @@ def test_wrong_type(raw: dict[str, Any], key: str, words: str) -> None:
         ({"webhook": {"retry_schedule": [-1]}}, "webhook.retry_schedule", ">= 0"),
         ({"carts": {"min_value": -1}}, "carts.min_value", "greater than or equal to 0"),
         ({"platforms": {"mock": {"recovery_rate": 2}}}, "platforms.mock.recovery_rate", "or equal to 1"),
+        ({"metrics": {"listen": "127.0.0.1:99999"}}, "metrics.listen", "port from 0 to 65535"),
+        ({"metrics": {"listen": "[::1]:65536"}}, "metrics.listen", "port from 0 to 65535"),
+        ({"database": {"min_connections": 20, "max_connections": 5}},
+         "database.max_connections", "at least database.min_connections (20)"),
+        ({"retention": "1000000d"}, "retention", "at most 36500d"),
+        ({"carts": {"min_value": float("inf")}}, "carts.min_value", "finite"),
     ],
 )
 def test_out_of_range(raw: dict[str, Any], key: str, words: str) -> None:
     message = error_of(raw)
     assert message.startswith(f"{key}: ")
     assert words in message
+
+
+def test_strict_types_keep_what_users_write() -> None:
+    """Durations as numbers or strings, ints where floats go, YAML lists, an unquoted
+    octal mode, the pool sizes equal: all still read as before."""
+    config = build({
+        "polling": {"interval": 30, "enabled": False},
+        "webhook": {"timeout": "15s", "retry_jitter": 0, "retry_schedule": ["1s", 2],
+                    "allowed_override_hosts": ["hooks.example.com"]},
+        "platforms": {"mock": {"carts_per_hour": 6, "recovery_rate": 0},
+                      "woocommerce": {"statuses": ["pending"]}},
+        "carts": {"min_value": 9.99},
+        "database": {"min_connections": 5, "max_connections": 5},
+        "control": {"socket_mode": 0o600},
+        "metrics": {"listen": "[::1]:0"},
+    }, {})
+    assert (config.polling.interval, config.webhook.timeout) == (30.0, 15.0)
+    assert config.webhook.retry_jitter == 0.0 and config.webhook.retry_schedule == (1.0, 2.0)
+    assert config.webhook.allowed_override_hosts == ("hooks.example.com",)
+    assert config.platforms.woocommerce.statuses == ("pending",)
+    assert config.carts.min_value == Decimal("9.99")
+    assert config.control.socket_mode == "0600"
+
+
+@pytest.mark.parametrize("dsn, words", [
+    ("postgresql://cartd:hunter2@db:notaport/cartd", "port must be a number from 1 to 65535"),
+    ("postgresql://cartd:hunter2@db:99999/cartd", "port must be a number from 1 to 65535"),
+    ("postgresql://cartd:hunter2@db:0/cartd", "port must be a number from 1 to 65535"),
+    ("postgresql://cartd:hunter2@a:5432,b:x/cartd", "port must be a number from 1 to 65535"),
+    ("postgresql://cartd:hunter2@a,,b/cartd", "empty host"),
+    ("postgresql://cartd:hunter2@[::1:5432/cartd", "IPv6"),
+    ("postgresql://cartd:hunter2@/cartd?host=/run/pg&port=70000", "port must be a number"),
+    ("postgresql://cartd:hunter2@db/cartd?hunter2", "malformed query"),
+    ("postgresql://cartd:hunter2@db/cartd?sslmode=always", "sslmode must be one of"),
+    ("mysql://cartd:hunter2@db/cartd", "must be a postgresql:// URL"),
+])
+def test_bad_dsn_names_the_key_and_hides_the_password(dsn: str, words: str) -> None:
+    for raw, env, key in (({"database": {"dsn": dsn}}, {}, "database.dsn: "),
+                          ({}, {"CARTD_DATABASE_DSN": dsn},
+                           "database.dsn (from CARTD_DATABASE_DSN): ")):
+        message = error_of(raw, env)
+        assert message.startswith(key) and words in message, message
+        assert "hunter2" not in message
+
+
+def test_bad_dsn_from_a_file_names_the_file_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "postgresql://cartd:hunter2@db:5432x/cartd\n", "dsn")
+    message = error_of({"database": {"dsn_file": str(path)}})
+    assert message.startswith("database.dsn (from database.dsn_file): the port")
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql://cartd:p%40ss@db.example.com:6432/cartd?sslmode=verify-full",
+    "postgres://cartd@[2001:db8::1]:5432,db2:5433/cartd",
+    "postgresql:///cartd?host=/run/postgresql&port=5432",
+    "postgresql://cartd:@/cartd?host=/tmp",
+])
+def test_good_dsns_pass(dsn: str) -> None:
+    assert build({}, {"CARTD_DATABASE_DSN": dsn}).database.dsn == dsn
+    assert dsn not in repr(build({"database": {"dsn": dsn}}, {}))  # it holds the password
 
 
 def test_top_level_must_be_a_mapping() -> None:
@@ -327,6 +408,15 @@ def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(path, {}, missing_ok=False)
     assert str(caught.value) == f"config: {path} does not exist"
+
+
+def test_only_the_implicit_file_may_be_missing(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    named = str(tmp_path / "named.yaml")
+    assert resolve_path(named, {}) == (Path(named), False)
+    assert resolve_path(None, {"CARTD_CONFIG": named}) == (Path(named), False)
+    if not Path("/etc/cartd/cartd.yaml").exists():
+        assert resolve_path(None, {}) == (Path("cartd.yaml"), True)
 
 
 def test_unreadable_path_is_one_line(tmp_path: Path) -> None:

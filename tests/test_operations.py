@@ -61,6 +61,13 @@ async def test_every_control_endpoint_and_ctl_command(store, dsn, tmp_path):
         await wait_until(lambda: [h["webhook-id"] for h, _ in receiver.requests].count(first) == 2)
         code, bulk = await d.actl("replay", "--status", "dead", "--since", "2020-01-01T00:00:00Z")
         assert code == 0 and bulk == {"replayed": 0}
+        # Refused as invalid (400): bad usage, exit 2; any other error answer: exit 1.
+        code, refused = await d.actl("deliveries", "--limit", "5000")
+        assert code == 2 and "limit must be" in refused["error"]
+        code, refused = await d.actl("replay", "--status", "dead", "--since", "yesterday")
+        assert code == 2 and "since must be an ISO 8601 time" in refused["error"]
+        code, unknown = await d.actl("replay", "msg_unknown")
+        assert code == 1 and unknown["error"] == "no delivery msg_unknown"
 
         code, started = await d.actl("start", "--interval", "120")
         assert code == 0 and started["state"] == "running" and started["interval_seconds"] == 120

@@ -60,7 +60,7 @@ async def test_preview_shows_kept_and_filtered_carts_records_nothing_and_the_nex
     assert "buyer@example.com" not in json.dumps(seen)  # no personal data in the preview
     assert code_agent == 0 and [e["integration_id"] for e in by_agent["integrations"]] == [
         str(integration)]
-    assert code_bad == 1 and bad["error"].startswith("agent must be a UUID")
+    assert code_bad == 2 and bad["error"].startswith("agent must be a UUID")  # bad usage
     new = [(i, b) for i, b in bodies(receiver)[sent:] if b["integration"]["id"] == str(integration)]
     assert [[c["cart_id"] for c in b["abandoned_carts"]] for _, b in new] == [["k1", "k2"]]
     assert once["carts_new"] == 2

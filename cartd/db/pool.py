@@ -34,7 +34,7 @@ async def create_pool(dsn: str, min_size: int, max_size: int, *, lazy: bool,
     transaction another server connection, where named prepared statements do not
     exist: no statement cache, so every statement is parsed with its execution."""
     return await asyncpg.create_pool(
-        dsn, min_size=0 if lazy else min(min_size, max_size), max_size=max_size,
+        dsn, min_size=0 if lazy else min_size, max_size=max_size,
         init=_init_connection, reset=_keep_session, command_timeout=COMMAND_TIMEOUT,
         statement_cache_size=STATEMENT_CACHE if pooler == "none" else 0,
     )
