@@ -125,6 +125,11 @@ class Breakers:
         if dest in self._probe_at:
             self._probing.add(dest)
 
+    def unsent(self, dest: str) -> None:
+        """An attempt admitted to `dest` was not sent: it counts neither way, and a probe
+        it was may go again."""
+        self._probing.discard(dest)
+
     def record(self, dest: str, failure: bool, now: datetime, config: Config) -> str | None:
         """Count an attempt's result; returns "opened" or "closed" when the breaker turns."""
         self._probing.discard(dest)

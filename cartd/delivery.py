@@ -348,15 +348,18 @@ class Deliverer:
     async def _deliver(self, row: Claimed, dest: str, config: Config, signer: Signer) -> None:
         """One attempt; its outcome goes to the writer and the slot is free at once. A
         delivery to an agent's own URL whose host `webhook.allowed_override_hosts` does not
-        (or no longer) allow is dead-lettered unsent: a replay, or a reload that narrows
-        the list, never sends to it."""
+        (or no longer) allow is dead-lettered unsent (its destination's breaker is not
+        fed): a replay, or a reload that narrows the list, never sends to it."""
         refused = None if row.url is None else override_url_error(row.url, config)
         try:
             try:
-                attempt = (Attempt("error", None, refused) if refused is not None
-                           else await self._post(row, config, signer))
-                now = self.clock()
-                self._count(dest, attempt, now, config)
+                if refused is None:
+                    attempt = await self._post(row, config, signer)
+                    now = self.clock()
+                    self._count(dest, attempt, now, config)
+                else:
+                    attempt, now = Attempt("error", None, refused), self.clock()
+                    self.breakers.unsent(dest)
             finally:
                 self._busy[dest] -= 1
             status, next_at = (("dead", None) if refused is not None
