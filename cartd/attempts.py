@@ -67,13 +67,25 @@ def decide(
 
 @functools.lru_cache(maxsize=1024)
 def destination(url: str) -> str:
-    """`scheme://host:port` of a URL: what breakers and fair shares are kept for."""
-    parts = urlsplit(url)
+    """`scheme://host:port` of a URL: what breakers and fair shares are kept for (never
+    the URL itself, which may hold a token)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ of an IPv6 address: the attempt fails
+        return "invalid://"
     try:
         port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
     except ValueError:  # a port out of range: the attempt fails as a connection error
         port = 0
     return f"{parts.scheme}://{parts.hostname}:{port}"
+
+
+def hostname(url: str) -> str | None:
+    """The host of a URL, None when it has none (or cannot be read)."""
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
 
 
 def failed(attempt: Attempt) -> bool:
@@ -112,6 +124,11 @@ class Breakers:
         """An attempt to `dest` starts: while open, it is the probe."""
         if dest in self._probe_at:
             self._probing.add(dest)
+
+    def unsent(self, dest: str) -> None:
+        """An attempt admitted to `dest` was not sent: it counts neither way, and a probe
+        it was may go again."""
+        self._probing.discard(dest)
 
     def record(self, dest: str, failure: bool, now: datetime, config: Config) -> str | None:
         """Count an attempt's result; returns "opened" or "closed" when the breaker turns."""

@@ -50,7 +50,9 @@ class CycleSummary:
     carts_recovered: int = 0
     recovery_value: dict[str, Decimal] = field(default_factory=dict)
     deliveries_enqueued: int = 0
-    # For the metrics: (platform, outcome) fetches, (platform, currency) values.
+    # For the metrics: (platform, outcome) fetches, (platform, currency) values, the
+    # deliveries dead-lettered as they were recorded (an agent URL not allowed).
+    dead_lettered: int = field(default=0, repr=False)
     platforms: set[str] = field(default_factory=set, repr=False)
     polls: Counter[tuple[str, str]] = field(default_factory=Counter, repr=False)
     new_by_platform: Counter[str] = field(default_factory=Counter, repr=False)
@@ -60,7 +62,7 @@ class CycleSummary:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for private in ("platforms", "polls", "new_by_platform", "recovered_by_platform",
-                        "value_by"):
+                        "value_by", "dead_lettered"):
             del data[private]
         data["recovery_value"] = {k: float(v) for k, v in sorted(self.recovery_value.items())}
         return data
@@ -90,6 +92,7 @@ class CycleSummary:
                 key = (platform, currency)
                 self.value_by[key] = self.value_by.get(key, Decimal(0)) + value
         self.deliveries_enqueued += len(group.enqueued)
+        self.dead_lettered += sum(d.status == "dead" for d in group.deliveries)
 
     def finish(self, seconds: float) -> None:
         self.platforms_processed = len(self.platforms)

@@ -202,23 +202,25 @@ class Daemon:
         task.add_done_callback(self._background.discard)
 
     async def reload(self) -> str | None:
-        """Apply the config file as a whole; on error keep the old one. Returns the error."""
+        """Apply the config file as a whole; on error keep the old one. Returns the error.
+        Whatever fails (a bad file, or anything else on the way: a SIGHUP's reload runs
+        in a task of its own, where nobody else would see it) is logged, counted and shown
+        in /status."""
         notify.reloading()
         try:
             loaded = await asyncio.to_thread(load, self.config_path or Path("cartd.yaml"),
                                              missing_ok=self.config_missing_ok)
+            new, kept = reloaded(loaded, self._config)
+            if self.store is not None and pool_settings(new) != pool_settings(self._config):
+                await self.store.reconnect(*pool_settings(new))
+            logs.configure(new.logging.level, new.logging.format)
         except ConfigError as exc:
-            self.config_error = str(exc)
-            self.metrics.config_reloads.labels("error").inc()
-            log.error("config_reload_failed", error=self.config_error)
-            notify.notify("READY=1", f"STATUS=config reload failed: {self.config_error}")
-            return self.config_error
-        new, kept = reloaded(loaded, self._config)
+            return self._reload_failed(str(exc))
+        except Exception as exc:
+            return self._reload_failed(f"config reload failed: {type(exc).__name__}: {exc}"[:300],
+                                       exc_info=True)
         for key in kept:
             log.warning("config_needs_restart", key=key)
-        if self.store is not None and pool_settings(new) != pool_settings(self._config):
-            await self.store.reconnect(*pool_settings(new))
-        logs.configure(new.logging.level, new.logging.format)
         self._config = new
         self.config_error = None
         self.config_loaded_at = self.clock()
@@ -230,6 +232,14 @@ class Daemon:
         self.wake_deliveries()
         notify.notify("READY=1", "STATUS=config reloaded")
         return None
+
+    def _reload_failed(self, error: str, exc_info: bool = False) -> str:
+        """A reload that changed nothing: logged, counted, shown in /status; the error."""
+        self.config_error = error
+        self.metrics.config_reloads.labels("error").inc()
+        log.error("config_reload_failed", error=error, exc_info=exc_info)
+        notify.notify("READY=1", f"STATUS=config reload failed: {error}")
+        return error
 
     async def status(self) -> dict[str, Any]:
         deliveries = None

@@ -14,9 +14,11 @@ import aiohttp
 import structlog
 
 from cartd import __version__
-from cartd.attempts import Attempt, Breakers, decide, destination, failed, retry_after_seconds
+from cartd.attempts import (Attempt, Breakers, decide, destination, failed, hostname,
+                            retry_after_seconds)
 from cartd.config import Config
-from cartd.db import DB_ERRORS, Claimed, Outcome, Store
+from cartd.db import DB_ERRORS, Claimed, Outcome, Store, refused_values
+from cartd.rules import override_url_error
 from cartd.services import Stopping, cancel
 from cartd.signing import Signer
 
@@ -61,21 +63,37 @@ class OutcomeWriter:
             await self._ready.wait()
             self._ready.clear()
             batch, self._queue = self._queue, []
-            while True:
-                try:
-                    written = await self.store.deliveries.record_outcomes(batch, self.instance_id)
-                    break
-                except DB_ERRORS as exc:
-                    log.warning("delivery_outcomes_not_recorded", count=len(batch),
-                                error=str(exc))
-                    await asyncio.sleep(1)
+            written = await self._write(batch)
             for outcome in batch:
-                if outcome.id not in written:
+                if written is not None and outcome.id not in written:
                     # our lease ran out and another instance took it over, or a replay
                     log.warning("delivery_outcome_superseded", delivery_id=outcome.id)
             self.recorded([o.id for o in batch])
             if not self._queue:
                 self._idle.set()
+
+    async def _write(self, batch: list[Outcome]) -> set[str] | None:
+        """Write a batch, again every second while the database cannot take it; None when
+        it never will: values the database refuses, or an unexpected exception (logged
+        with its traceback). The writer goes on with the next batch: the daemon exits
+        only on a signal or a startup error (README "Hostile data"), and one batch must not
+        hold up every later outcome, and so every attempt. The deliveries of a batch
+        given up stay claimed until their lease runs out, then are attempted again with
+        the same webhook-id, as after a crash (README "Delivery guarantees")."""
+        while True:
+            try:
+                return await self.store.deliveries.record_outcomes(batch, self.instance_id)
+            except DB_ERRORS as exc:
+                if not refused_values(exc):
+                    log.warning("delivery_outcomes_not_recorded", count=len(batch),
+                                error=str(exc))
+                    await asyncio.sleep(1)
+                    continue
+                log.error("delivery_outcomes_failed", count=len(batch), error=str(exc)[:300])
+            except Exception as exc:
+                log.error("delivery_outcomes_failed", count=len(batch),
+                          error=f"{type(exc).__name__}: {exc}"[:300], exc_info=True)
+            return None
 
 
 class Deliverer:
@@ -110,6 +128,7 @@ class Deliverer:
         self._inflight: dict[asyncio.Task[None], str] = {}  # attempts: the delivery ids
         self._cap: Callable[[str], int] = lambda _: 0  # the running claim round's caps
         self._fill_again = False  # woken while a fill was running
+        self._fill_error: str | None = None  # what the last fill raised, if it did
         self._signer = Signer(())
         self._session: aiohttp.ClientSession | None = None
         self._stopping = Stopping()  # its own, until run() is given the daemon's
@@ -135,8 +154,6 @@ class Deliverer:
                 # Cleared first: a wake-up or a finished attempt during a fill is seen.
                 self._wake.clear()
                 if fill is None or fill.done():
-                    if fill is not None:
-                        fill.result()  # what went wrong in a fill stops the loop
                     self._fill_again = False
                     fill = asyncio.create_task(self._fill())
                     fill.add_done_callback(self._filled)
@@ -167,7 +184,16 @@ class Deliverer:
     def _unrecorded_full(self, concurrency: int) -> bool:
         return len(self._attempting) - len(self._inflight) >= UNRECORDED_MAX * concurrency
 
-    def _filled(self, _: asyncio.Task[None]) -> None:
+    def _filled(self, fill: asyncio.Task[None]) -> None:
+        """A claim round ended. One that raised is logged with its traceback (once until
+        its error changes) and the next round runs at the next wake-up or within
+        IDLE_WAIT, as after a failed cycle: the daemon exits only on a signal or a startup
+        error (README "Hostile data")."""
+        exc = None if fill.cancelled() else fill.exception()
+        error = None if exc is None else f"{type(exc).__name__}: {exc}"[:300]
+        if error is not None and error != self._fill_error:
+            log.error("delivery_claim_round_failed", error=error, exc_info=exc)
+        self._fill_error = error
         if self._fill_again:
             self._wake.set()
 
@@ -262,7 +288,13 @@ class Deliverer:
                 return
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        del self._inflight[task]
+        """An attempt ended. One that raised (a bug: it has no outcome) is logged with its
+        traceback; its delivery is attempted again once its lease runs out."""
+        delivery_id = self._inflight.pop(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.error("delivery_attempt_failed", delivery_id=delivery_id,
+                      error=f"{type(exc).__name__}: {exc}"[:300], exc_info=exc)
         self._wake.set()
 
     async def _return_stale(self, everything: bool = False) -> None:
@@ -314,15 +346,24 @@ class Deliverer:
             await asyncio.wait_for(self._outcomes.flush(), max(0.0, deadline - time.monotonic()))
 
     async def _deliver(self, row: Claimed, dest: str, config: Config, signer: Signer) -> None:
-        """One attempt; its outcome goes to the writer and the slot is free at once."""
+        """One attempt; its outcome goes to the writer and the slot is free at once. A
+        delivery to an agent's own URL whose host `webhook.allowed_override_hosts` does not
+        (or no longer) allow is dead-lettered unsent (its destination's breaker is not
+        fed): a replay, or a reload that narrows the list, never sends to it."""
+        refused = None if row.url is None else override_url_error(row.url, config)
         try:
             try:
-                attempt = await self._post(row, config, signer)
-                now = self.clock()
-                self._count(dest, attempt, now, config)
+                if refused is None:
+                    attempt = await self._post(row, config, signer)
+                    now = self.clock()
+                    self._count(dest, attempt, now, config)
+                else:
+                    attempt, now = Attempt("error", None, refused), self.clock()
+                    self.breakers.unsent(dest)
             finally:
                 self._busy[dest] -= 1
-            status, next_at = decide(attempt, row.attempts, config, now)
+            status, next_at = (("dead", None) if refused is not None
+                               else decide(attempt, row.attempts, config, now))
             self.on_outcome(row, attempt, status)
             # Successes are counted by the metrics; a log line each would cost more than
             # the database write, and even a filtered-out call binds a logger, so they are
@@ -366,7 +407,8 @@ class Deliverer:
             ) as response:
                 await _drain_body(response)  # the whole answer counts against the timeout
                 code = response.status
-                error = None if 200 <= code < 300 else f"HTTP {code} {response.reason or ''}".strip()
+                error = (None if 200 <= code < 300
+                         else one_line(f"HTTP {code} {response.reason or ''}"))
                 header = response.headers.get("Retry-After")
                 retry_after = retry_after_seconds(header, self.clock()) if header else None
                 return Attempt(f"{code // 100}xx" if 200 <= code < 600 else "error", code, error,
@@ -375,8 +417,37 @@ class Deliverer:
             return Attempt("timeout", None, f"no answer within {config.webhook.timeout:g}s",
                            seconds=time.monotonic() - started)
         except aiohttp.ClientError as exc:
-            return Attempt("error", None, f"{type(exc).__name__}: {exc}"[:500],
+            return Attempt("error", None, request_error(exc, url),
                            seconds=time.monotonic() - started)
+
+
+def one_line(text: str) -> str:
+    """Text from a receiver or an exception as one printable line of at most 500
+    characters, as a row and a log line can hold it: a reason phrase may carry a NUL or
+    bytes that are not UTF-8, which PostgreSQL refuses."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in " ".join(text.split()))[:500]
+
+
+# Their messages name the host and port at most.
+_PLAIN_ERRORS = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError,
+                 aiohttp.ClientPayloadError)
+
+
+def request_error(exc: aiohttp.ClientError, url: str) -> str:
+    """A request that failed, as `last_error` and the log show it: its kind and the
+    destination's host, never the URL, whose userinfo, path or query may hold an agent's
+    token (README "Reliability": secrets). An invalid URL or a malformed answer (aiohttp
+    writes the URL into those messages) says what was wrong without it."""
+    name = type(exc).__name__
+    if isinstance(exc, _PLAIN_ERRORS):
+        return one_line(f"{name}: {exc}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        detail = ": invalid URL"
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        detail = f": {exc.status} {exc.message}"
+    else:
+        detail = ""
+    return one_line(f"{name}{detail} (host {hostname(url) or 'unknown'})")
 
 
 async def _drain_body(response: aiohttp.ClientResponse) -> None:

@@ -51,6 +51,7 @@ class Maintenance:
         self.prepare = prepare
         self.wake_deliveries = wake_deliveries
         self._gauges_due = 0.0  # monotonic time of the next integration gauges refresh
+        self._failing: dict[str, str] = {}  # job -> the unexpected error its last round hit
 
     async def run(self, stopping: Stopping) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -80,23 +81,49 @@ class Maintenance:
         else:
             self.database.succeeded("health")
 
+    async def _round(self, job: str, step: Callable[[], Awaitable[None]]) -> bool:
+        """One round of a maintenance job; True when it succeeded. A database error is
+        the database's health to report (`job` is its activity). Any other exception is
+        logged with its traceback (`maintenance_failed`, once until the job's error
+        changes; `maintenance_recovered` when it succeeds again) and the next round runs:
+        the daemon exits only on a signal or a startup error (README "Hostile data"), and
+        the outbox keeps being settled and the deliveries keep going meanwhile."""
+        try:
+            await step()
+        except DB_ERRORS as exc:
+            self.database.failed(job, exc)
+            return False
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            if self._failing.get(job) != error:
+                self._failing[job] = error
+                log.error("maintenance_failed", job=job, error=error, exc_info=True)
+            return False
+        self.database.succeeded(job)
+        if self._failing.pop(job, None) is not None:
+            log.info("maintenance_recovered", job=job)
+        return True
+
     async def _health(self, stopping: Stopping) -> None:
-        """Watch the database, migrate once it is there, refresh the delivery gauges."""
+        """Watch the database, migrate once it is there, settle the outbox, refresh the
+        gauges: each a round of its own, so that one failing leaves the others going."""
         while not stopping.is_set():
-            try:
-                await self.store.ping()
-                await self.database_up()
-                await self.settle_outbox()
-                counts = await self.store.deliveries.counts()
-                self.metrics.deliveries_pending.set(counts["pending"])
-                self.metrics.deliveries_dead.set(counts["dead"])
-                if time.monotonic() >= self._gauges_due:
-                    await self.refresh_gauges()
-            except DB_ERRORS as exc:
-                self.database.failed("health", exc)
-            else:
-                self.database.succeeded("health")
+            if await self._round("health", self._reach):
+                await self._round("outbox", self.settle_outbox)
+                await self._round("gauges", self._refresh_counts)
             await stopping.sleep(HEALTH_EVERY)
+
+    async def _reach(self) -> None:
+        await self.store.ping()
+        await self.database_up()
+
+    async def _refresh_counts(self) -> None:
+        """The delivery gauges, and the integration ones when they are due."""
+        counts = await self.store.deliveries.counts()
+        self.metrics.deliveries_pending.set(counts["pending"])
+        self.metrics.deliveries_dead.set(counts["dead"])
+        if time.monotonic() >= self._gauges_due:
+            await self.refresh_gauges()
 
     async def settle_outbox(self) -> None:
         """Expire old detected deliveries, rebuild the stale ones no attempt holds (README
@@ -120,12 +147,10 @@ class Maintenance:
             self.metrics.integration_poll_age.labels(platform).set(age)
 
     async def after_cycle(self) -> None:
-        """What a cycle's completions made stale, and the health gauges."""
-        try:
-            await self.settle_outbox()
-            await self.refresh_gauges()
-        except DB_ERRORS as exc:  # the health loop settles it next
-            self.database.failed("health", exc)
+        """What a cycle's completions made stale, and the health gauges; what fails is
+        reported (`_round`) and the health loop settles it next. Never raises."""
+        await self._round("outbox", self.settle_outbox)
+        await self._round("gauges", self.refresh_gauges)
 
     async def _retention(self, stopping: Stopping) -> None:
         """Purge finished deliveries older than `retention` and, later, the dedupe memory
@@ -133,21 +158,17 @@ class Maintenance:
         enough to be found again is never sent twice)."""
         delay = HEALTH_EVERY
         while not await stopping.sleep(delay):
-            if not self.database.reachable:
-                continue
-            config, now = self.config(), self.clock()
-            keep = timedelta(seconds=config.retention)
-            try:
-                deliveries, carts = await self.store.maintenance.purge(
-                    payloads_before=now - keep,
-                    carts_before=now - max(keep, timedelta(seconds=config.carts.max_age)))
-            except DB_ERRORS as exc:
-                self.database.failed("retention", exc)
-                continue
-            self.database.succeeded("retention")
-            delay = RETENTION_EVERY
-            if deliveries or carts:
-                log.info("retention_purged", deliveries=deliveries, sent_carts=carts)
+            if self.database.reachable and await self._round("retention", self._purge):
+                delay = RETENTION_EVERY
+
+    async def _purge(self) -> None:
+        config, now = self.config(), self.clock()
+        keep = timedelta(seconds=config.retention)
+        deliveries, carts = await self.store.maintenance.purge(
+            payloads_before=now - keep,
+            carts_before=now - max(keep, timedelta(seconds=config.carts.max_age)))
+        if deliveries or carts:
+            log.info("retention_purged", deliveries=deliveries, sent_carts=carts)
 
     @staticmethod
     async def _watchdog(stopping: Stopping, interval: float) -> None:

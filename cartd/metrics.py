@@ -116,6 +116,7 @@ class Metrics:
             self.carts_recovered.labels(platform).inc(n)
         for (platform, currency), value in summary.value_by.items():
             self.carts_value.labels(platform, currency).inc(float(value))
+        self.deliveries_by_outcome["dead"].inc(summary.dead_lettered)
 
     def count_failed_cycle(self, seconds: float) -> None:
         self.poll_cycles.labels("error").inc()

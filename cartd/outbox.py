@@ -84,7 +84,7 @@ def duration_text(seconds: float) -> str:
 
 async def expire(store: Store, now: datetime, max_age_seconds: float) -> list[str]:
     """Dead-letter the detected deliveries not delivered within `max_age_seconds` of being
-    recorded (README "Delivery guarantees")."""
+    recorded, or of their last replay (README "Delivery guarantees")."""
     ids = await store.outbox.expire(
         now=now, recorded_before=now - timedelta(seconds=max_age_seconds),
         reason=f"expired: not delivered within {duration_text(max_age_seconds)}")

@@ -86,7 +86,9 @@ class PollLoop:
     on schedule while polling is enabled.
 
     `ready` runs before a cycle when the database was unreachable (it migrates once it
-    answers); `settle` after a cycle that finished (what its completions made stale)."""
+    answers); `settle` after a cycle that finished (what its completions made stale): it
+    reports what fails in it and never raises (`Maintenance.after_cycle`), since the
+    cycle it follows has committed and must not count as failed."""
 
     def __init__(
         self,

@@ -68,8 +68,9 @@ def _min_value(settings: dict[str, Any], config: Config) -> Decimal:
     return min_value
 
 
-def _url_error(url: Any, config: Config) -> str | None:
-    """Why `settings.webhook_url` cannot be used, or None when it can."""
+def override_url_error(url: Any, config: Config) -> str | None:
+    """Why `settings.webhook_url` cannot be used, or None when it can (checked when its
+    deliveries are recorded and again before each attempt)."""
     host = _host(url)
     if not host or urlsplit(url).scheme not in ("http", "https"):
         return "settings.webhook_url is not an http(s) URL"
@@ -96,7 +97,7 @@ def agent_rules(settings: Any, config: Config) -> Rules:
         require_contact=config.carts.require_contact,
         require_marketing_consent=consent,
         url=url if isinstance(url, str) else None,
-        url_error=None if url is None else _url_error(url, config),
+        url_error=None if url is None else override_url_error(url, config),
     )
 
 

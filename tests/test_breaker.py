@@ -39,8 +39,9 @@ async def test_breaker_opens_holds_the_destination_probes_and_closes(store):
     clock = Clock()
     async with scripted_receiver() as bad, scripted_receiver() as good:
         bad.default = (500, {}, 0.0)
+        # The good destination is an agent's own URL: its host must be allowed.
         cfg = config(webhook={"url": bad.url, "breaker_failures": 3, "breaker_probe": "30s",
-                              "concurrency": 2})
+                              "concurrency": 2, "allowed_override_hosts": ["127.0.0.1"]})
         bad_ids = await enqueue(store, clock.now, 6)
         gauge: list[int] = []
         async with delivering(store, cfg, instance_id="b-1", clock=clock,
@@ -79,7 +80,8 @@ async def test_a_slow_destination_gets_half_the_slots_while_another_has_work(sto
     async with scripted_receiver() as slow, scripted_receiver() as fast:
         slow.default = (200, {}, 1.0)
         fast.default = (200, {}, 0.05)
-        cfg = config(webhook={"url": slow.url, "concurrency": 4})
+        cfg = config(webhook={"url": slow.url, "concurrency": 4,
+                              "allowed_override_hosts": ["127.0.0.1"]})  # fast: an agent's URL
         slow_ids = await enqueue(store, clock.now - timedelta(minutes=1), 12)
         fast_ids = await enqueue(store, clock.now, 12, fast.url)  # queued behind the slow
         async with delivering(store, cfg, instance_id="f-1", clock=clock):

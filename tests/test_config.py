@@ -394,6 +394,18 @@ def test_invalid_yaml_is_one_line(tmp_path: Path, text: str) -> None:
     assert message.startswith(f"config: {path}")
 
 
+@pytest.mark.parametrize("content, error", [
+    (b"polling:\n  interval: \xff\xfe30s\n", "config: {path} is not UTF-8 text"),
+    (b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n", "config: {path}: nested too deeply"),
+])
+def test_a_file_yaml_cannot_read_is_one_line(tmp_path: Path, content: bytes, error: str) -> None:
+    path = tmp_path / "cartd.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load(path, {})
+    assert str(caught.value) == error.format(path=path)
+
+
 def test_load_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^webhook\.timeout: must be a duration > 0$"):
         load(write(tmp_path, "webhook:\n  timeout: 0\n"), {})

@@ -9,12 +9,13 @@ from datetime import timedelta
 import asyncpg
 import pytest
 from standardwebhooks import Webhook
+from structlog.testing import capture_logs
 
 from cartd.attempts import Attempt, decide, retry_after_seconds
 from cartd.db import Store
 from cartd.delivery import UNRECORDED_MAX
 from harness import (SECRET, Clock, Scripted, config, delivering, delivery_row, enqueue, free_port,
-                     wait_until)
+                     raw_receiver, wait_until)
 
 pytestmark = pytest.mark.reliability  # part of the fault-injection suite
 
@@ -146,6 +147,64 @@ async def test_a_database_that_records_no_outcome_stops_new_attempts(store, dsn,
         await wait_until(lambda: _all_delivered(store, ids), timeout=30)
     sent = [h["webhook-id"] for h, _ in receiver.requests]
     assert sorted(sent) == sorted(ids)
+
+
+async def test_a_reason_phrase_no_row_can_hold_is_recorded_readable_and_delivery_goes_on(store):
+    """A receiver answering a reason phrase with a NUL and bytes that are not UTF-8
+    (PostgreSQL stores neither): the outcome is written with them replaced, and the
+    retry is delivered; before, the writer retried that outcome for ever and every
+    later attempt waited behind it."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    odd = b"HTTP/1.1 503 \xff\x00 down\r\nContent-Length: 0\r\n\r\n"
+    clock = Clock()
+    [delivery_id] = await enqueue(store, clock.now)
+    async with raw_receiver(ok, (odd,)) as raw, delivering(
+            store, config(webhook={"url": raw.url}), clock=clock) as deliverer:
+        await attempts_reach(store, delivery_id, 1)
+        state = await delivery_row(store, delivery_id)
+        assert (state["status"], state["last_status"], state["last_error"]) == (
+            "pending", 503, "HTTP 503 \ufffd\ufffd down")
+        clock.now = state["next_attempt_at"] + timedelta(milliseconds=1)
+        deliverer.wake()
+        await attempts_reach(store, delivery_id, 2)
+    assert (await delivery_row(store, delivery_id))["status"] == "delivered"
+    assert raw.requests == 2
+
+
+async def test_outcomes_that_fail_to_be_written_are_attempted_again_and_later_ones_written(
+        store, receiver):
+    """An unexpected exception writing a batch of outcomes (injected, once) is logged with
+    its traceback; the writer goes on, later outcomes are written, and the batch's
+    deliveries are attempted again, with the same webhook-id, once their lease runs
+    out."""
+    real = store.deliveries.record_outcomes
+    given_up: list[str] = []
+
+    async def fails_once(outcomes, instance):
+        if not given_up:
+            given_up.extend(o.id for o in outcomes)
+            raise RuntimeError("a bug")
+        return await real(outcomes, instance)
+
+    store.deliveries.record_outcomes = fails_once
+    clock = Clock()
+    first = await enqueue(store, clock.now, 3)
+    with capture_logs() as logs:
+        async with delivering(store, cfg_for(receiver), clock=clock) as deliverer:
+            await wait_until(lambda: given_up)
+            later = await enqueue(store, clock.now, 2)
+            deliverer.wake()
+            await wait_until(lambda: _all_delivered(store, [*later, *set(first) - set(given_up)]))
+            assert set(given_up) <= set(first)
+            assert not await _all_delivered(store, given_up)  # still claimed by the lost batch
+            clock.advance(minutes=1)  # their lease runs out
+            deliverer.wake()
+            await wait_until(lambda: _all_delivered(store, [*first, *later]))
+    [failed] = [e for e in logs if e["event"] == "delivery_outcomes_failed"]
+    assert failed["log_level"] == "error" and failed["exc_info"] is True
+    assert failed["error"] == "RuntimeError: a bug" and failed["count"] == len(given_up)
+    sent = [h["webhook-id"] for h, _ in receiver.requests]
+    assert sorted(sent) == sorted([*first, *later, *given_up])  # the lost batch twice
 
 
 async def _all_delivered(store: Store, ids: list[str]) -> bool:

@@ -1,11 +1,14 @@
-"""Hostile data (issue 14): no record, integration, agent or cycle takes down more than
-itself, a cart listed twice is one cart, and the real daemon stays up while one store
-serves every malformed kind at once beside the healthy stores of other agents."""
+"""Hostile data (issue 14): no record, integration, agent, cycle, maintenance round or
+reload takes down more than itself, a cart listed twice is one cart, and the real daemon
+stays up while one store serves every malformed kind at once beside the healthy stores of
+other agents."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -13,6 +16,7 @@ from decimal import Decimal
 
 import pytest
 import structlog
+import yaml
 from aiohttp import web
 
 from cartd.cycle import plan
@@ -21,8 +25,8 @@ from cartd.metrics import Metrics
 from cartd.polling import Poller, PollLoop
 from cartd.rules import agent_card
 from cartshop import three_mugs
-from harness import (Clock, add_agent, cartd_run, config, metric, scripted_receiver, serving,
-                     wait_until)
+from harness import (Clock, add_agent, add_agents, cartd_run, config, metric, running_daemon,
+                     scripted_receiver, serving, wait_until)
 
 pytestmark = pytest.mark.reliability
 
@@ -261,3 +265,68 @@ async def test_an_unexpected_exception_fails_that_cycle_and_the_next_one_runs(st
     samples = {s.labels["outcome"]: s.value for m in metrics.poll_cycles.collect()
                for s in m.samples if s.name.endswith("_total")}
     assert samples == {"ok": 1, "error": 1}
+
+
+def _in_process(dsn: str, tmp_path, **sections) -> dict:
+    """The settings of a daemon run in the test's event loop: its database, its socket,
+    no metrics listener, polling off."""
+    return {"database": {"dsn": dsn}, "polling": {"enabled": False},
+            "control": {"socket": str(tmp_path / "ctl.sock")}, "metrics": {"listen": ""},
+            **sections}
+
+
+async def test_a_maintenance_round_that_raises_is_logged_once_and_the_daemon_goes_on(
+        store, dsn, tmp_path, receiver):
+    """Rebuilding stale deliveries raises (injected) after a cycle and in the health loop's
+    rounds: the cycle's deliveries still go, the daemon stays up, the error is logged once
+    with its traceback, and the outbox is settled again once the fault is gone."""
+    await add_agents(store, 2)
+    cfg = config(**_in_process(dsn, tmp_path, webhook={"url": receiver.url}))
+    with structlog.testing.capture_logs() as logs:
+        async with running_daemon(cfg, Clock()) as daemon:
+            real = daemon.store.outbox.refresh_stale
+            failed: list[int] = []
+
+            async def refresh_stale(**arguments):
+                if len(failed) < 2:
+                    failed.append(1)
+                    raise RuntimeError("a bug")
+                return await real(**arguments)
+
+            daemon.store.outbox.refresh_stale = refresh_stale
+            once = await daemon.run_once()
+            assert once["deliveries_succeeded"] == once["deliveries_enqueued"] > 0
+            await wait_until(lambda: any(e["event"] == "maintenance_recovered" for e in logs))
+            assert (await daemon.status())["database"] == "ok"
+    [event] = [e for e in logs if e["event"] == "maintenance_failed"]
+    assert (event["job"], event["error"], event["log_level"], event["exc_info"]) == (
+        "outbox", "RuntimeError: a bug", "error", True)
+    assert len(failed) == 2
+
+
+async def test_a_sighup_reload_that_fails_other_than_on_the_file_keeps_the_old_config(
+        store, dsn, tmp_path):
+    """Applying a valid file raises (injected: the new pool cannot be made): the old
+    config stays, and the failure is logged with its traceback, counted and shown in
+    /status, as a bad file is."""
+    settings = _in_process(dsn, tmp_path)
+    path = tmp_path / "cartd.yaml"
+    with structlog.testing.capture_logs() as logs:
+        async with running_daemon(config(**settings), Clock(), config_path=path) as daemon:
+
+            async def reconnect(*_):
+                raise RuntimeError("no pool")
+
+            daemon.store.reconnect = reconnect
+            settings["polling"]["interval"] = "45s"
+            settings["database"]["max_connections"] = 5  # a new pool
+            path.write_text(yaml.safe_dump(settings))
+            os.kill(os.getpid(), signal.SIGHUP)
+            await wait_until(lambda: daemon.config_error is not None)
+            status = await daemon.status()
+            exposed = daemon.metrics.exposition().decode()
+    assert status["interval_seconds"] == 30
+    assert status["config_error"] == "config reload failed: RuntimeError: no pool"
+    assert metric(exposed, 'cartd_config_reloads_total{outcome="error"}') == 1
+    [event] = [e for e in logs if e["event"] == "config_reload_failed"]
+    assert event["error"] == status["config_error"] and event["exc_info"] is True

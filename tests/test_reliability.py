@@ -21,8 +21,9 @@ from cartd.polling import Poller
 from cartd.signing import Signer
 from cartshop import HeldStore, live_custom_agent, three_mugs
 from harness import (CARTD, ROOT, SECRET, Clock, add_agent, add_agents, all_delivered, app_of,
-                     cartd_run, config, delivering, delivery_row, enqueue, free_port,
-                     nothing_pending, proxied, scripted_receiver, serving, wait_until)
+                     cartd_run, config, delivering, delivery_row, enqueue, free_port, metric,
+                     nothing_pending, proxied, raw_receiver, scripted_receiver, serving,
+                     wait_until)
 
 pytestmark = pytest.mark.reliability
 
@@ -193,6 +194,62 @@ async def test_no_secret_reaches_logs_status_or_metrics(store, dsn, tmp_path, pg
     seen = d.log.read_text() + json.dumps(status) + json.dumps(failed) + metrics
     for secret in (password, SECRET, extra, token):
         assert secret not in seen, secret
+
+
+async def test_an_agent_url_token_reaches_no_error_and_no_log_line(store, dsn, tmp_path):
+    """Agent webhook URLs holding a token in their userinfo, path and query: one with a
+    port no URL can have, one whose server answers no HTTP. `last_error` and the log name
+    the host and what went wrong, never the URL."""
+    token = "tok_Q7x2Lm"
+    async with raw_receiver(b"garbage\r\n\r\n") as garbage, scripted_receiver() as receiver, \
+            cartd_run(tmp_path, dsn, receiver.url, polling={"enabled": False},
+                      webhook={"allowed_override_hosts": ["127.0.0.1"]},
+                      platforms={"mock": {"carts_per_hour": 1}}) as d:
+        await d.start()
+        base = garbage.url.removesuffix("/webhook")
+        for url in (f"http://user:{token}@127.0.0.1:99999/{token}?token={token}",
+                    f"{base.replace('//', f'//user:{token}@')}/{token}?token={token}"):
+            await add_agent(store, {"webhook_url": url}, "custom", {"mode": "mock"})
+        _, once = await d.actl("run-once")
+        assert once["deliveries_failed"] == once["deliveries_enqueued"] >= 2, once
+        _, rows = await d.request("GET", "/deliveries")
+        assert await d.terminate() == 0
+    errors = {r["last_error"] for r in rows}
+    invalid = "InvalidUrlClientError: invalid URL (host 127.0.0.1)"
+    [answer] = errors - {invalid}
+    assert invalid in errors and answer.startswith("ClientResponseError: 400 ")
+    assert answer.endswith(" (host 127.0.0.1)")
+    logged = {e["error"] for e in d.events("delivery_attempt")}
+    assert logged == errors
+    assert token not in d.log.read_text() and token not in json.dumps(rows)
+
+
+async def test_an_agent_url_outside_the_allowlist_is_counted_dead_and_never_sent_even_replayed(
+        store, dsn, tmp_path):
+    async with scripted_receiver() as receiver, cartd_run(
+            tmp_path, dsn, receiver.url, polling={"enabled": False},
+            webhook={"allowed_override_hosts": ["127.0.0.1"]},
+            platforms={"mock": {"carts_per_hour": 1}}) as d:
+        await d.start()
+        # The receiver answers at localhost too: only the allowlist keeps these from it.
+        await add_agents(store, 1, settings={
+            "webhook_url": receiver.url.replace("127.0.0.1", "localhost")})
+        await add_agents(store, 1)
+        _, once = await d.actl("run-once")
+        _, dead = await d.request("GET", "/deliveries", status="dead")
+        sent = len(receiver.requests)
+        assert dead and sent == once["deliveries_succeeded"] == once["deliveries_enqueued"]
+        refused = "settings.webhook_url host localhost is not in webhook.allowed_override_hosts"
+        assert {r["last_error"] for r in dead} == {refused}
+        text = await d.scrape()
+        assert metric(text, 'cartd_deliveries_total{outcome="dead"}') == len(dead)
+        code, body = await d.actl("replay", "--status", "dead")
+        assert code == 0 and body == {"replayed": len(dead)}
+        await d.wait_metric('cartd_deliveries_total{outcome="dead"}', lambda n: n == 2 * len(dead))
+        _, again = await d.request("GET", "/deliveries", status="dead")
+        assert await d.terminate() == 0
+    assert {(r["id"], r["last_error"]) for r in again} == {(r["id"], refused) for r in dead}
+    assert len(receiver.requests) == sent
 
 
 async def test_a_cycle_held_up_by_a_slow_store_keeps_its_agents_past_the_lease(store):

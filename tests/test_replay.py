@@ -1,5 +1,5 @@
 """Replay through a real `cartd run`: all dead deliveries since a time, one delivery, a
-delivered one; always with the original webhook-id."""
+delivered one, expired ones; always with the original webhook-id."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
+from aiohttp import web
+
 from cartd.db import Store
-from harness import SECRET, add_agents, cartd_run, scripted_receiver, wait_until
+from harness import (SECRET, Scripted, add_agents, app_of, cartd_run, scripted_receiver, serving,
+                     wait_until)
 
 
 async def statuses(store: Store) -> dict[str, str]:
@@ -63,6 +66,72 @@ async def test_replaying_dead_deliveries_since_a_time_resends_them_with_their_id
         Webhook(SECRET).verify(body, headers)
     firsts = {h["webhook-id"]: b for h, b in receiver.requests[:7]}
     assert all(firsts[h["webhook-id"]] == b for h, b in receiver.requests)  # same body, same id
+
+
+class Gate(Scripted):
+    """A receiver that holds each request, once it has arrived, until `opened` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = 0
+        self.opened = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.arrived += 1
+        await self.opened.wait()
+        return await super().handle(request)
+
+
+async def test_an_expired_delivery_replayed_by_id_or_with_the_dead_is_delivered(
+        store, dsn, tmp_path):
+    """README "Delivery guarantees": a replayed delivery has a whole max_delivery_age from
+    the replay, and starts with no attempt, status or error of before."""
+    gate = Gate()
+    gate.default = (503, {}, 0.0)
+    gate.opened.set()
+    async with serving(app_of(gate.handle)) as root, cartd_run(
+            tmp_path, dsn, f"{root}/webhook", polling={"enabled": False},
+            platforms={"mock": {"carts_per_hour": 1}}) as d:
+        await d.start()
+        await add_agents(store, 3)
+        _, once = await d.actl("run-once")
+        assert once["deliveries_failed"] == once["deliveries_enqueued"] == 3
+        # Recorded two days ago: the daemon's health loop expires them.
+        await store.pool.execute(
+            "UPDATE cartd.deliveries SET created_at = created_at - interval '2 days'")
+        await wait_until(lambda: _expired(store))
+        expired = await d.request("GET", "/deliveries", status="dead")
+        ids = sorted(row["id"] for row in expired[1])
+        assert len(ids) == 3
+        assert all(row["last_error"].startswith(
+            "expired: not delivered within 24h (last attempt: HTTP 503") for row in expired[1])
+
+        gate.default, first = (200, {}, 0.0), ids[0]
+        gate.opened.clear()  # the replayed attempt is held at the receiver
+        arrived = gate.arrived
+        code, body = await d.actl("replay", first)
+        assert code == 0 and body == {"replayed": 1, "id": first}
+        await wait_until(lambda: gate.arrived > arrived)
+        _, [row] = await d.request("GET", "/deliveries", status="pending")
+        assert (row["id"], row["attempts"], row["last_status"], row["last_error"]) == (
+            first, 0, None, None)
+        gate.opened.set()
+        await wait_until(lambda: _have(store, {first}, "delivered"))
+
+        code, rest = await d.actl("replay", "--status", "dead")
+        assert code == 0 and rest == {"replayed": 2}
+        await wait_until(lambda: _have(store, set(ids), "delivered"))
+        _, listed = await d.request("GET", "/deliveries")
+        assert {r["id"]: (r["status"], r["attempts"], r["last_status"]) for r in listed} == {
+            i: ("delivered", 1, 200) for i in ids}
+        assert await d.terminate() == 0
+    assert sorted(h["webhook-id"] for h, _ in gate.requests[-3:]) == ids
+
+
+async def _expired(store: Store) -> bool:
+    return await store.pool.fetchval(
+        "SELECT count(*) = 3 FROM cartd.deliveries"
+        " WHERE status = 'dead' AND last_error LIKE 'expired:%'")
 
 
 async def _have(store: Store, ids: set[str], status: str) -> bool:

@@ -46,7 +46,8 @@ class Deliveries:
     ) -> list[Claimed]:
         """Claim due deliveries with a lease, skipping those whose URL (`default_url` when
         the row has none) is in `exclude`: destinations with no free slot or an open
-        breaker; and detected deliveries older than `max_age` (they expire)."""
+        breaker; and detected deliveries recorded (or last replayed) longer than `max_age`
+        ago (they expire)."""
         fresh_after = now - max_age if max_age is not None else datetime.min.replace(tzinfo=UTC)
         values: dict[str, Any] = {"instance": instance, "now": now, "lease_until": now + lease,
                                   "limit": limit, "exclude": list(exclude),
@@ -94,8 +95,9 @@ class Deliveries:
         return [dict(r) for r in rows]
 
     async def replay(self, delivery_id: str, now: datetime) -> str | None:
-        """Queue one delivery again, whatever its status but withdrawn; its id (webhook-id)
-        stays. Returns its status before, or None when there is no such delivery."""
+        """Queue one delivery again, whatever its status but withdrawn, with a fresh
+        `webhook.max_delivery_age` and no attempt counted; its id (webhook-id) stays.
+        Returns its status before, or None when there is no such delivery."""
         row = await SQL["replay"].fetchrow(self.db.pool, id=delivery_id, now=now)
         if row is not None:
             return row["status"]

@@ -47,6 +47,12 @@ class DatabaseProblem:
         return f"{label}{code}: {self.message}"
 
 
+def refused_values(exc: BaseException) -> bool:
+    """Whether the database (or asyncpg, encoding them) refused the values a statement
+    was given (SQLSTATE class 22, data exception): the same values fail again."""
+    return isinstance(exc, asyncpg.DataError)
+
+
 def problem(exc: BaseException) -> DatabaseProblem:
     """The DatabaseProblem of an exception in DB_ERRORS, with the server's message."""
     lines = str(exc).strip().splitlines()

@@ -230,8 +230,8 @@ class Outbox:
         return await SQL["count_stale"].fetchval(self.db.pool, ids=ids)
 
     async def expire(self, *, now: datetime, recorded_before: datetime, reason: str) -> list[str]:
-        """Dead-letter the detected deliveries recorded before `recorded_before` that are
-        still pending and not in flight; `last_error` is `reason` and the last attempt's
+        """Dead-letter the detected deliveries recorded (or last replayed) before
+        `recorded_before` that are still pending and not in flight; `last_error` is `reason` and the last attempt's
         error. Returns their ids."""
         rows = await SQL["expire"].fetch(self.db.pool, now=now, recorded_before=recorded_before,
                                          reason=reason)

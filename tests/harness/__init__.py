@@ -13,17 +13,17 @@ from harness.inprocess import Pipeline, delivering, running_daemon
 from harness.outbox import (accounted, all_delivered, cartd_rows, delivery_row, nothing_pending,
                             recorded)
 from harness.proxy import Proxy, proxied
-from harness.receivers import (DETECTED, RECOVERED, LateReceiver, Scripted, app_of, bodies,
-                               carts_received, scripted_receiver, serving)
+from harness.receivers import (DETECTED, RECOVERED, LateReceiver, RawReceiver, Scripted, app_of,
+                               bodies, carts_received, raw_receiver, scripted_receiver, serving)
 from harness.seeding import (PLATFORMS, AppData, add_agent, add_agents, enqueue,
                              live_integration)
 
 __all__ = [
     "CARTD", "DETECTED", "FAST_RETRIES", "PLATFORMS", "RECOVERED", "ROOT", "SECRET", "SLUG",
     "AppData", "Cartd", "Clock", "LateReceiver", "Notifications", "Pipeline", "Proxy",
-    "Scripted", "accounted", "add_agent", "add_agents", "all_delivered", "app_of", "bodies",
-    "cartd_rows", "cartd_run", "carts_received", "cli", "config", "delivering", "delivery_row",
-    "enqueue", "environment", "free_port", "live_integration", "metric", "new_secret",
-    "nothing_pending", "proxied", "recorded", "running_daemon", "scripted_receiver", "serving",
-    "wait_until",
+    "RawReceiver", "Scripted", "accounted", "add_agent", "add_agents", "all_delivered",
+    "app_of", "bodies", "cartd_rows", "cartd_run", "carts_received", "cli", "config",
+    "delivering", "delivery_row", "enqueue", "environment", "free_port", "live_integration",
+    "metric", "new_secret", "nothing_pending", "proxied", "raw_receiver", "recorded",
+    "running_daemon", "scripted_receiver", "serving", "wait_until",
 ]

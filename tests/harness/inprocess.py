@@ -33,10 +33,11 @@ async def delivering(store: Store, cfg: Config, *, instance_id: str = "d-1",
 
 
 @asynccontextmanager
-async def running_daemon(cfg: Config, clock: Clock) -> AsyncIterator[Daemon]:
-    """The whole daemon on `cfg` in this event loop, connected to its database, for the
-    block; stopped at its end."""
-    daemon = Daemon(cfg, clock=clock)
+async def running_daemon(cfg: Config, clock: Clock, **options: Any) -> AsyncIterator[Daemon]:
+    """The whole daemon on `cfg` in this event loop (`options`: its keyword arguments,
+    such as `config_path`), connected to its database, for the block; stopped at its
+    end."""
+    daemon = Daemon(cfg, clock=clock, **options)
     running = asyncio.create_task(daemon.run())
     try:
         await wait_until(lambda: running.done()

@@ -90,6 +90,44 @@ class LateReceiver(Scripted):
             await self._runner.cleanup()
 
 
+class RawReceiver:
+    """A receiver on 127.0.0.1 that reads each request whole and answers it with bytes as
+    they are (answers no HTTP library would write): `answers` in turn, then `default`."""
+
+    def __init__(self, default: bytes, answers: tuple[bytes, ...] = ()) -> None:
+        self.default = default
+        self.answers = list(answers)
+        self.requests = 0
+        self.url = ""
+
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            self.requests += 1
+            writer.write(self.answers.pop(0) if self.answers else self.default)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def raw_receiver(default: bytes, answers: tuple[bytes, ...] = ()) -> AsyncIterator[RawReceiver]:
+    """A RawReceiver listening on 127.0.0.1 for the block; `url` is its /webhook."""
+    raw = RawReceiver(default, answers)
+    server = await asyncio.start_server(raw.answer, "127.0.0.1", 0)
+    raw.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/webhook"
+    try:
+        yield raw
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def bodies(receiver: Scripted) -> list[tuple[str, dict[str, Any]]]:
     """(webhook-id, body) of every request the receiver got, money as Decimal."""
     return [(headers["webhook-id"], json.loads(body, parse_float=Decimal))

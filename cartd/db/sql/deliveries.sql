@@ -3,8 +3,9 @@
 --
 -- A claim takes due deliveries with a lease until :lease_until. Not claimed: stale rows
 -- (being rebuilt), recovered ones waiting for their detected delivery, detected ones
--- recorded before :fresh_after (expired: README "Delivery guarantees"), and those whose
--- destination is in :exclude (no free slot, or an open breaker).
+-- recorded (or last replayed) before :fresh_after (expired: README "Delivery
+-- guarantees"), and those whose destination is in :exclude (no free slot, or an open
+-- breaker).
 
 -- name: claim_any
 -- A delivery without a URL of its own goes to :default_url.
@@ -13,7 +14,8 @@ WITH due AS (
     WHERE status = 'pending' AND next_attempt_at <= :now
       AND (lease_until IS NULL OR lease_until < :now)
       AND NOT stale AND hold_for IS NULL
-      AND (type <> 'abandoned_cart.detected' OR created_at >= :fresh_after)
+      AND (type <> 'abandoned_cart.detected'
+           OR COALESCE(replayed_at, created_at) >= :fresh_after)
       AND COALESCE(url, :default_url) <> ALL(:exclude)
     ORDER BY next_attempt_at
     LIMIT :limit
@@ -32,7 +34,8 @@ WITH due AS (
     WHERE status = 'pending' AND next_attempt_at <= :now
       AND (lease_until IS NULL OR lease_until < :now)
       AND NOT stale AND hold_for IS NULL
-      AND (type <> 'abandoned_cart.detected' OR created_at >= :fresh_after)
+      AND (type <> 'abandoned_cart.detected'
+           OR COALESCE(replayed_at, created_at) >= :fresh_after)
       AND url IS NOT NULL AND url <> ALL(:exclude)
     ORDER BY next_attempt_at
     LIMIT :limit
@@ -90,12 +93,15 @@ ORDER BY created_at DESC, id
 LIMIT :limit
 
 -- name: replay
--- Back to pending, due at :now, attempts counted afresh; the id (webhook-id) is kept.
--- Stale, so that it is rebuilt from what cartd knows of its carts now before it goes (a
--- cart that completed or was erased since leaves it). A withdrawn delivery stays as it
--- is. Returns the status before.
+-- Back to pending, due at :now, attempts counted afresh (and the last attempt's status
+-- and error with them); the id (webhook-id) is kept. Replayed at :now: a detected
+-- delivery has `webhook.max_delivery_age` from now before it expires again. Stale, so
+-- that it is rebuilt from what cartd knows of its carts now before it goes (a cart that
+-- completed or was erased since leaves it). A withdrawn delivery stays as it is. Returns
+-- the status before.
 UPDATE cartd.deliveries d SET
     status = 'pending', next_attempt_at = :now, attempts = 0, delivered_at = NULL,
+    last_status = NULL, last_error = NULL, replayed_at = :now,
     attempted_by = NULL, claimed_by = NULL, lease_until = NULL, stale = true
 FROM (SELECT id, status FROM cartd.deliveries WHERE id = :id FOR UPDATE) old
 WHERE d.id = old.id AND old.status <> 'withdrawn'
@@ -108,5 +114,6 @@ SELECT status FROM cartd.deliveries WHERE id = :id
 -- Every dead delivery created at or after :since (null: all), as `replay` does.
 UPDATE cartd.deliveries SET
     status = 'pending', next_attempt_at = :now, attempts = 0, delivered_at = NULL,
+    last_status = NULL, last_error = NULL, replayed_at = :now,
     attempted_by = NULL, claimed_by = NULL, lease_until = NULL, stale = true
 WHERE status = 'dead' AND (:since::timestamptz IS NULL OR created_at >= :since)

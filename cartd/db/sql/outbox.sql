@@ -129,12 +129,13 @@ RETURNING r.id, r.status
 SELECT count(*) FROM cartd.deliveries WHERE id = ANY(:ids) AND stale
 
 -- name: expire
--- Dead-letter the detected deliveries recorded before :recorded_before that are still
--- pending and not in flight at :now; their error is :reason and the last attempt's.
+-- Dead-letter the detected deliveries recorded (or last replayed) before
+-- :recorded_before that are still pending and not in flight at :now; their error is
+-- :reason and the last attempt's.
 UPDATE cartd.deliveries SET status = 'dead', next_attempt_at = :now,
     claimed_by = NULL, lease_until = NULL,
     last_error = :reason || COALESCE(' (last attempt: ' || last_error || ')', '')
 WHERE status = 'pending' AND type = 'abandoned_cart.detected'
-  AND created_at < :recorded_before
+  AND COALESCE(replayed_at, created_at) < :recorded_before
   AND (claimed_by IS NULL OR lease_until < :now)
 RETURNING id
