@@ -18,13 +18,15 @@ RETRYABLE = {408, 425, 429}
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """What the receiver did with one attempt, before it becomes an Outcome."""
+    """What the receiver did with one attempt, before it becomes an Outcome (`sent`:
+    False for one refused before any request, which is no webhook attempt)."""
 
     result: str  # 2xx, 3xx, 4xx, 5xx, timeout, error
     http_status: int | None
     error: str | None
     retry_after: float | None = None
     seconds: float = 0.0
+    sent: bool = True
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:

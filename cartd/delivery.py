@@ -358,7 +358,7 @@ class Deliverer:
                     now = self.clock()
                     self._count(dest, attempt, now, config)
                 else:
-                    attempt, now = Attempt("error", None, refused), self.clock()
+                    attempt, now = Attempt("error", None, refused, sent=False), self.clock()
                     self.breakers.unsent(dest)
             finally:
                 self._busy[dest] -= 1

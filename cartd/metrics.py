@@ -123,9 +123,11 @@ class Metrics:
         self.cycle_duration.observe(seconds)
 
     def count_attempt(self, attempt: Attempt, status: str) -> None:
-        """An attempt's result, and what the delivery's status became."""
-        self.attempts_by_result[attempt.result].inc()
-        self.attempt_duration.observe(attempt.seconds)
+        """An attempt's result (when a request went), and what the delivery's status
+        became."""
+        if attempt.sent:
+            self.attempts_by_result[attempt.result].inc()
+            self.attempt_duration.observe(attempt.seconds)
         outcome = status if status in ("delivered", "dead") else "retried"
         self.deliveries_by_outcome[outcome].inc()
 

@@ -247,6 +247,8 @@ async def test_an_agent_url_outside_the_allowlist_is_counted_dead_and_never_sent
         assert code == 0 and body == {"replayed": len(dead)}
         await d.wait_metric('cartd_deliveries_total{outcome="dead"}', lambda n: n == 2 * len(dead))
         _, again = await d.request("GET", "/deliveries", status="dead")
+        text = await d.scrape()  # refused unsent: no webhook attempt
+        assert metric(text, 'cartd_webhook_attempts_total{result="error"}') == 0
         assert await d.terminate() == 0
     assert {(r["id"], r["last_error"]) for r in again} == {(r["id"], refused) for r in dead}
     assert len(receiver.requests) == sent
