@@ -18,7 +18,7 @@ from cartd.db import Store
 
 # Property tests (tests/test_fuzz.py): the CI profile runs by default; the long one by
 # hand, with HYPOTHESIS_PROFILE=fuzz or `-m fuzz` (README "Reliability").
-settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True,
+settings.register_profile("ci", max_examples=100, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("fuzz", max_examples=20_000, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
