@@ -383,12 +383,14 @@ class Cycle:
         carts, one transaction each, so that memory holds a few groups whatever the batch
         brings; the batch's last group gives the agents back."""
         self.summary.agents_found += len(agents)
-        jobs, unpolled = await plan(self.store, agents, self.config, self._taken,
-                                    opening=self.now)
+        planned, unpolled = await plan(self.store, agents, self.config, self._taken,
+                                       opening=self.now)
+        waiting = deque(planned)
+        del planned  # a job, and its carts, leaves memory once its group is written
         for poll in unpolled:
             self._failed(poll)
         group = Group(self.config, self.now)
-        async with contextlib.aclosing(self._sifted(jobs)) as sifted:
+        async with contextlib.aclosing(self._sifted(waiting)) as sifted:
             async for job in sifted:
                 group.add(job)
                 if group.held >= CART_BATCH:
@@ -396,14 +398,13 @@ class Cycle:
                     group = Group(self.config, self.now)
         await self._write(group, [a.id for a in agents])
 
-    async def _sifted(self, jobs: list[Job]) -> AsyncIterator[Job]:
-        """The jobs fetched and sifted, as they come. At most `source_concurrency` are
-        being fetched or wait to be sifted; the next fetch starts as soon as one is taken,
-        so a slow store holds one slot, not the others."""
+    async def _sifted(self, waiting: deque[Job]) -> AsyncIterator[Job]:
+        """The jobs of `waiting` (taken from it) fetched and sifted, as they come. At most
+        `source_concurrency` are being fetched or wait to be sifted; the next fetch starts
+        as soon as one is taken, so a slow store holds one slot, not the others."""
         ahead = self.config.polling.source_concurrency
         done: asyncio.Queue[Job] = asyncio.Queue()
         fetching: set[asyncio.Task[None]] = set()
-        waiting = deque(jobs)
         out = 0  # fetches started and not yet taken from `done`
         try:
             while waiting or out:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
 
+from cartd import cycle
 from cartd.db import Store
+from cartd.model import Cart
 from cartd.polling import Poller
 from harness import (SLUG, Clock, add_agents, config, delivering, nothing_pending,
                      scripted_receiver, wait_until)
@@ -200,3 +203,20 @@ async def test_an_agent_url_outside_the_allowlist_is_dead_lettered(store):
     assert rows and all(r["status"] == "dead" for r in rows)
     assert "allowed_override_hosts" in rows[0]["last_error"]
     assert ids == []
+
+
+async def test_a_big_batch_holds_only_the_carts_of_the_groups_being_written(store, monkeypatch):
+    await add_agents(store, 150)  # one batch; ~140 carts per store on its first poll
+    record, alive = store.outbox.record, []
+
+    async def counting(**args):
+        alive.append(sum(isinstance(o, Cart) for o in gc.get_objects()))
+        return await record(**args)
+
+    monkeypatch.setattr(store.outbox, "record", counting)
+    summary, _ = await poller(store, Clock(), config(
+        platforms={"mock": {"carts_per_hour": 6}})).run_cycle(force=True)
+    assert summary.carts_new > 8 * cycle.CART_BATCH
+    # The groups in flight, the one being filled and the stores being fetched (16 at
+    # most, ~150 carts each): not the whole batch.
+    assert max(alive) < (cycle.WRITERS + 1) * cycle.CART_BATCH + 16 * 200
