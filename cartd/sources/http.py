@@ -74,18 +74,18 @@ class Budget:
     def __init__(self, seconds: float, requests: int = MAX_REQUESTS) -> None:
         self.deadline = time.monotonic() + seconds
         self.requests = requests
-        self.stall_requests = -requests
+        self.limit = requests
         self.progressed = False
 
     def spend_request(self) -> None:
         """Count one request; OutOfBudget when the requests or the time are spent."""
-        late = time.monotonic() > self.deadline
-        if self.progressed and self.requests <= 0:
-            raise OutOfBudget("the cycle's request budget is spent")
-        if self.progressed and late:
-            raise OutOfBudget("the cycle's time budget is spent")
-        stalled = time.monotonic() > self.deadline + STALL_SECONDS
-        if not self.progressed and (self.requests <= self.stall_requests or stalled):
+        past_seconds = time.monotonic() - self.deadline
+        if self.progressed:
+            if self.requests <= 0:
+                raise OutOfBudget("the cycle's request budget is spent")
+            if past_seconds > 0:
+                raise OutOfBudget("the cycle's time budget is spent")
+        elif self.requests <= -self.limit or past_seconds > STALL_SECONDS:
             raise IntegrationError(
                 "no record read completely within the cycle's budget: the store's pages "
                 "are empty, endless or too slow")
