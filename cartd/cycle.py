@@ -20,7 +20,7 @@ import structlog
 
 from cartd import payload
 from cartd.config import Config
-from cartd.db import AgentWork, NewDelivery, SourcePoll, SourceState, Store
+from cartd.db import AgentWork, NewDelivery, SourcePoll, SourceState, Store, one_line
 from cartd.model import Cart, iso
 from cartd.rules import AgentCard, Rules, agent_card, agent_rules
 from cartd.services import cancel
@@ -231,13 +231,13 @@ def _failure(agent: Any, integration: Any, error: str) -> SourcePoll:
     integration_id is None when the row's id is not a UUID (nothing can be kept for it)."""
     if isinstance(integration, Integration):
         return SourcePoll(integration.id, agent.id, integration.platform, integration.mode,
-                          error=error[:500])
+                          error=one_line(error))
     try:
         ident = uuid.UUID(str(integration.get("id")))
     except ValueError:
         ident = None
     return SourcePoll(ident, agent.id, str(integration.get("platform"))[:40], None,
-                      error=error[:500])
+                      error=one_line(error))
 
 
 def build_deliveries(job: Job, config: Config, now: datetime, event: str,

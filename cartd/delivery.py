@@ -17,7 +17,7 @@ from cartd import __version__
 from cartd.attempts import (Attempt, Breakers, decide, destination, failed, hostname,
                             retry_after_seconds)
 from cartd.config import Config
-from cartd.db import DB_ERRORS, Claimed, Outcome, Store, refused_values
+from cartd.db import DB_ERRORS, Claimed, Outcome, Store, one_line, refused_values
 from cartd.rules import override_url_error
 from cartd.services import Stopping, cancel
 from cartd.signing import Signer
@@ -419,13 +419,6 @@ class Deliverer:
         except aiohttp.ClientError as exc:
             return Attempt("error", None, request_error(exc, url),
                            seconds=time.monotonic() - started)
-
-
-def one_line(text: str) -> str:
-    """Text from a receiver or an exception as one printable line of at most 500
-    characters, as a row and a log line can hold it: a reason phrase may carry a NUL or
-    bytes that are not UTF-8, which PostgreSQL refuses."""
-    return "".join(c if c.isprintable() else "\ufffd" for c in " ".join(text.split()))[:500]
 
 
 # Their messages name the host and port at most.

@@ -24,8 +24,9 @@ from cartd.db import AgentWork, DatabaseHealth
 from cartd.metrics import Metrics
 from cartd.polling import Poller, PollLoop
 from cartd.rules import agent_card
-from cartshop import three_mugs
-from harness import (Clock, add_agent, add_agents, cartd_run, config, metric, running_daemon,
+from cartshop import live_custom_agent, three_mugs
+from harness import (Clock, add_agent, add_agents, app_of, cartd_run, config, metric,
+                     running_daemon,
                      scripted_receiver, serving, wait_until)
 
 pytestmark = pytest.mark.reliability
@@ -330,3 +331,18 @@ async def test_a_sighup_reload_that_fails_other_than_on_the_file_keeps_the_old_c
     assert metric(exposed, 'cartd_config_reloads_total{outcome="error"}') == 1
     [event] = [e for e in logs if e["event"] == "config_reload_failed"]
     assert event["error"] == status["config_error"] and event["exc_info"] is True
+
+
+async def test_a_store_error_text_with_nul_and_control_bytes_fails_that_store_alone(store):
+    async def broken(_: web.Request) -> web.Response:
+        return web.json_response({"message": "down\x00\x1b[31m \ud800 again"}, status=500)
+
+    async with serving(app_of(broken)) as root:
+        iid = await live_custom_agent(store, f"{root}/carts")
+        await add_agents(store, 2)  # healthy stores in the same group
+        cfg = config()
+        summary, _ = await Poller(store, lambda: cfg, instance_id="nul").run_cycle(force=True)
+    assert summary.integration_errors == 1 and summary.carts_new > 0
+    error = await store.pool.fetchval(
+        "SELECT last_error FROM cartd.sources WHERE integration_id = $1", iid)
+    assert error.startswith("HTTP 500 from 127.0.0.1: down") and error.isprintable()

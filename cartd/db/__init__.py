@@ -7,7 +7,8 @@ import asyncpg
 
 from cartd.db.agents import AgentWork, Agents, SourcePoll, SourceState
 from cartd.db.deliveries import Claimed, Deliveries, Outcome
-from cartd.db.errors import DB_ERRORS, DatabaseHealth, DatabaseProblem, problem, refused_values
+from cartd.db.errors import (DB_ERRORS, DatabaseHealth, DatabaseProblem, one_line, problem,
+                             refused_values)
 from cartd.db.maintenance import Maintenance
 from cartd.db.outbox import NewDelivery, Outbox, Refreshed, Stale
 from cartd.db.pool import Database
@@ -16,8 +17,8 @@ from cartd.db.subjects import Subjects
 __all__ = [
     "DB_ERRORS", "AgentWork", "Agents", "Claimed", "Database", "DatabaseHealth",
     "DatabaseProblem", "Deliveries", "Maintenance", "NewDelivery", "Outbox", "Outcome",
-    "Refreshed", "SourcePoll", "SourceState", "Stale", "Store", "Subjects", "problem",
-    "refused_values",
+    "Refreshed", "SourcePoll", "SourceState", "Stale", "Store", "Subjects", "one_line",
+    "problem", "refused_values",
 ]
 
 

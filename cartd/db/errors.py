@@ -14,6 +14,14 @@ from cartd.db.pool import COMMAND_TIMEOUT
 
 log = structlog.get_logger("cartd.db")
 
+def one_line(text: str) -> str:
+    """Text from outside (a receiver's reason phrase, a store's error message, an
+    exception) as one printable line of at most 500 characters, as a row and a log line
+    can hold it: it may carry a NUL, a lone surrogate or bytes that are not UTF-8, which
+    PostgreSQL refuses."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in " ".join(text.split()))[:500]
+
+
 # What a statement can raise: a database that is down, restarting or unreachable, or one
 # that answers with an error (problem() says which).
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
